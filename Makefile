@@ -1,0 +1,69 @@
+# matrix-stack: build, test and demo on a Debian machine (run as root: sudo make check).
+SHELL := /bin/sh
+VERSION := $(shell dpkg-parsechangelog -S Version 2>/dev/null)
+DEB := out/matrix-stack_$(VERSION)_all.deb
+# Debian's own python3 (with python3-jinja2, -yaml, -debconf ...), not one earlier on PATH.
+export PATH := /usr/sbin:/usr/bin:/sbin:/bin
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+APT := DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Check-Valid-Until=false -y
+BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject po-debconf python3-all \
+	python3-setuptools dpkg-dev
+TEST_DEPS := lintian mmdebstrap systemd-container ucf openssl python3-venv python3-pytest \
+	python3-jinja2 python3-yaml python3-bcrypt python3-debian python3-debconf \
+	python3-requests python3-signedjson python3-nacl python3-pexpect iproute2
+PIP_TOOLS := ruff mypy types-PyYAML
+
+.PHONY: all deps deb unit lint system check bench demo demo-stop clean
+
+all: deb
+
+deps:
+	$(APT) update -o Acquire::Check-Valid-Until=false >/dev/null
+	$(APT) install --no-install-recommends $(BUILD_DEPS) $(TEST_DEPS)
+	test -x $(PYTHON) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check $(PIP_TOOLS)
+
+deb: $(DEB)
+
+$(DEB): $(shell find matrix_stack templates data bin doc debian -type f) setup.cfg pyproject.toml
+	debconf-updatepo
+	dpkg-buildpackage -us -uc -b
+	mkdir -p out
+	mv ../matrix-stack_$(VERSION)_all.deb ../matrix-stack_$(VERSION)_*.buildinfo \
+		../matrix-stack_$(VERSION)_*.changes out/
+
+unit:
+	$(PYTHON) -m pytest -q tests/unit
+
+lint: $(DEB)
+	$(PYTHON) -m ruff check matrix_stack tests bin/matrix-stack-admin
+	$(PYTHON) -m mypy matrix_stack tests/unit
+	for script in debian/matrix-stack.config debian/matrix-stack.postinst \
+		debian/matrix-stack.prerm debian/matrix-stack.postrm; do sh -n $$script || exit 1; done
+	lintian --fail-on error,warning $(DEB)
+
+system: $(DEB)
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
+		$(PYTHON) -m pytest -v -x tests/system
+
+check: deps
+	$(MAKE) deb
+	$(MAKE) unit
+	$(MAKE) lint
+	$(MAKE) system
+
+bench: $(DEB)
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
+		$(PYTHON) -m tests.bench.bench_install
+
+demo: deps
+	$(MAKE) deb
+	MATRIX_STACK_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m tests.system.demo start
+
+demo-stop:
+	$(PYTHON) -m tests.system.demo stop
+
+clean:
+	rm -rf out build .pybuild .mypy_cache .ruff_cache .pytest_cache
+	dh_clean 2>/dev/null || true

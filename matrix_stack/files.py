@@ -1,0 +1,203 @@
+"""Write generated files: atomic, owner and mode before content, only when changed, via ucf.
+
+The admin may edit any generated file. ucf remembers the checksum of the version we last
+wrote; a file whose checksum differs was edited by the admin, so it is kept and the new
+version is saved beside it as FILE.ucf-dist (ucf's own convention), never silently lost.
+"""
+
+from __future__ import annotations
+
+import enum
+import grp
+import hashlib
+import os
+import pwd
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from matrix_stack.run import run
+
+UCF_STATE_PATH = Path("/var/lib/ucf")
+PACKAGE = "matrix-stack"
+DIST_SUFFIX = ".ucf-dist"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file to have on disk: absolute target path, text, mode and ownership."""
+
+    path: Path
+    text: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+
+
+class Outcome(enum.StrEnum):
+    UNCHANGED = "unchanged"
+    CREATED = "created"
+    UPDATED = "updated"
+    KEPT_LOCAL = "kept-local"  # the admin edited it: kept, new version in FILE.ucf-dist
+    KEPT_DELETED = "kept-deleted"  # the admin deleted it: not recreated (ucf's rule)
+
+    @property
+    def changes_live_file(self) -> bool:
+        return self in (Outcome.CREATED, Outcome.UPDATED)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What writing one FileSpec would do, with the file's current text for diffs."""
+
+    spec: FileSpec
+    outcome: Outcome
+    current: str | None
+
+
+def host_path(path: Path, root: Path) -> Path:
+    """Return where the absolute target path lives under root."""
+    return root / path.relative_to("/")
+
+
+def md5_text(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+class UcfState:
+    """ucf's record of the checksums we last wrote, under root (tests use a temporary root)."""
+
+    def __init__(self, root: Path = Path("/"), *, debconf_ok: bool = False) -> None:
+        self.root = root
+        self.state_dir = host_path(UCF_STATE_PATH, root)
+        self.debconf_ok = debconf_ok
+        self._hashes: dict[str, str] | None = None
+
+    def registered_md5(self, path: Path) -> str | None:
+        """Return the checksum ucf holds for the target path, if any."""
+        if self._hashes is None:
+            self._hashes = {}
+            hashfile = read_text(self.state_dir / "hashfile") or ""
+            for line in hashfile.splitlines():
+                digest, _, name = line.partition("  ")
+                if name:
+                    self._hashes[name] = digest
+        return self._hashes.get(str(host_path(path, self.root)))
+
+    def register(self, spec: FileSpec) -> None:
+        """Record the file now on disk as ours and as the version we wrote (ucf, ucfr)."""
+        target = host_path(spec.path, self.root)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        options = ["--state-dir", str(self.state_dir)]
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", prefix="matrix-stack-") as new:
+            new.write(spec.text)
+            new.flush()
+            # The target already holds exactly this text, so ucf only records its checksum.
+            if self.debconf_ok:
+                # ucf joins our debconf session: protocol in on stdin, out on fd 3.
+                run(["ucf", "--debconf-ok", *options, new.name, str(target)], pass_fds=(3,))
+            else:
+                run(["ucf", *options, new.name, str(target)])
+        run(["ucfr", *options, PACKAGE, str(target)])
+        if self._hashes is not None:
+            self._hashes[str(target)] = md5_text(spec.text)
+
+
+def plan_file(spec: FileSpec, root: Path, ucf: UcfState) -> Plan:
+    """Return what writing spec would do, following ucf's rules for admin edits."""
+    current = read_text(host_path(spec.path, root))
+    registered = ucf.registered_md5(spec.path)
+    if current is None:
+        outcome = Outcome.KEPT_DELETED if registered else Outcome.CREATED
+    elif current == spec.text:
+        outcome = Outcome.UNCHANGED
+    elif registered is None or md5_text(current) != registered:
+        # Edited since we wrote it, or never ours (an admin's own file by that name): kept.
+        outcome = Outcome.KEPT_LOCAL
+    else:
+        outcome = Outcome.UPDATED
+    return Plan(spec, outcome, current)
+
+
+def sets_ownership(root: Path) -> bool:
+    """Return whether to chown: as root on the real system only.
+
+    A temporary root (tests, image builds) has no matrix-synapse or turnserver account to
+    give files to, and the host's accounts would be the wrong ones anyway.
+    """
+    return os.geteuid() == 0 and root == Path("/")
+
+
+def lookup_ids(owner: str, group: str) -> tuple[int, int]:
+    """Return the numeric owner and group, raising a one-line error if either is unknown."""
+    from matrix_stack.errors import MatrixStackError
+
+    try:
+        uid = pwd.getpwnam(owner).pw_uid
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise MatrixStackError(
+            f"user {owner} or group {group} does not exist; is its package installed?"
+        ) from None
+    return uid, gid
+
+
+def write_atomic(spec: FileSpec, root: Path, *, text: str | None = None) -> None:
+    """Replace the target with text (default spec.text): temp file, chown, chmod, fsync, rename.
+
+    Ownership is set only as root on the real system (sets_ownership), so unit tests need
+    neither root nor the services' accounts.
+    """
+    target = host_path(spec.path, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ids = lookup_ids(spec.owner, spec.group) if sets_ownership(root) else None
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        if ids is not None:
+            os.fchown(descriptor, *ids)
+        os.fchmod(descriptor, spec.mode)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(spec.text if text is None else text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def apply_plan(plan: Plan, root: Path) -> None:
+    """Carry out a plan on disk; registration with ucf happens after validation."""
+    if plan.outcome.changes_live_file:
+        write_atomic(plan.spec, root)
+    elif plan.outcome is Outcome.KEPT_LOCAL:
+        dist = FileSpec(
+            plan.spec.path.with_name(plan.spec.path.name + DIST_SUFFIX),
+            plan.spec.text,
+            plan.spec.mode,
+            plan.spec.owner,
+            plan.spec.group,
+        )
+        write_atomic(dist, root)
+
+
+def restore(plan: Plan, root: Path) -> None:
+    """Put back the text a plan replaced (after a failed validation)."""
+    if not plan.outcome.changes_live_file:
+        return
+    if plan.current is None:
+        host_path(plan.spec.path, root).unlink(missing_ok=True)
+    else:
+        write_atomic(plan.spec, root, text=plan.current)

@@ -1,0 +1,62 @@
+"""Maintainer-script hooks: postinst hands the debconf answers over to the apply pipeline.
+
+Run by debian/matrix-stack.postinst after it sourced confmodule: the debconf protocol is
+read on stdin and written on fd 3, and fd 1 already points at stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from matrix_stack import answers
+from matrix_stack.apply import apply
+from matrix_stack.errors import MatrixStackError
+
+PROGRAM = "matrix-stack"
+
+
+def configure(
+    debconf: answers.DebconfLike,
+    root: Path = Path("/"),
+    set_synapse_answer: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Validate the answers, keep them in stack.yaml, apply them; return the report lines."""
+    stack_exists = (root / answers.STACK_PATH.relative_to("/")).exists()
+    stack = answers.read_stack(root) if stack_exists else {}
+    stack.update(answers.yaml_from_debconf(debconf))
+    settings = answers.load_settings(stack, "debconf", root)
+    answers.write_stack(stack, root)
+    report = apply(settings, root=root, debconf_ok=True, set_synapse_answer=set_synapse_answer)
+    return list(settings.warnings) + report.lines()
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] != ["configure"]:
+        print(f"usage: {PROGRAM} hook configure", file=sys.stderr)
+        return 2
+    import debconf
+
+    # No STOP at the end: the calling postinst keeps using the same debconf session.
+    session = debconf.Debconf(read=sys.stdin, write=os.fdopen(3, "w", buffering=1))
+
+    def set_synapse_answer(name: str) -> None:
+        try:
+            session.set("matrix-synapse/server-name", name)
+        except debconf.DebconfError as error:  # not registered: matrix-synapse-py3 differs
+            print(f"{PROGRAM}: matrix-synapse/server-name not set: {error}", file=sys.stderr)
+
+    try:
+        for line in configure(session, set_synapse_answer=set_synapse_answer):
+            print(f"{PROGRAM}: {line}", file=sys.stderr)
+    except MatrixStackError as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Render every generated file from Settings: a pure function, no I/O but reading templates."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from matrix_stack.files import FileSpec
+from matrix_stack.host import Facts
+from matrix_stack.secrets import REGISTRATION_SECRET_PATH, TURN_SECRET_PATH, Secrets
+from matrix_stack.settings import FederationMode, RegistrationMode, Settings
+from matrix_stack.tls import certificate_paths
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+SYNAPSE_CONF_PATH = Path("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
+TURNSERVER_CONF_PATH = Path("/etc/matrix-stack/turnserver.conf")
+APACHE_SITE_PATH = Path("/etc/apache2/sites-available/matrix-stack.conf")
+ELEMENT_CONFIG_PATH = Path("/etc/matrix-stack/element/config.json")
+WELL_KNOWN_DIR = Path("/etc/matrix-stack/well-known")
+ELEMENT_DIR = Path("/var/lib/matrix-stack/element")
+ELEMENT_ROOT = ELEMENT_DIR / "current"
+
+# coturn must never relay into these (Synapse's TURN guide; RFC 6890 special-purpose ranges).
+DENIED_PEER_NETWORKS = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+    "2001::/23", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def denied_ranges() -> list[tuple[str, str]]:
+    """Return DENIED_PEER_NETWORKS as first-last pairs, the form every coturn version reads."""
+    ranges = []
+    for network in DENIED_PEER_NETWORKS:
+        parsed = ipaddress.ip_network(network)
+        ranges.append((str(parsed[0]), str(parsed[-1])))
+    return ranges
+
+
+def allowed_peers(facts: Facts) -> list[str]:
+    """Return this server's own relay addresses, exempt from the denied ranges."""
+    addresses = [facts.listening_ip, *facts.external_ip.split("/")]
+    return [address for address in dict.fromkeys(addresses) if address]
+
+
+def render_element_config(settings: Settings) -> str:
+    """Return Element's config.json: this homeserver only, matching the registration policy."""
+    config: dict[str, Any] = {
+        "default_server_config": {
+            "m.homeserver": {
+                "base_url": f"https://{settings.server_name}",
+                "server_name": settings.server_name,
+            }
+        },
+        "disable_custom_urls": False,
+        "disable_guests": True,
+        "default_federate": settings.federation is not FederationMode.OFF,
+        "room_directory": {"servers": [settings.server_name]},
+        "setting_defaults": {
+            "UIFeature.registration": settings.registration is not RegistrationMode.DISABLED
+        },
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def render_well_known(settings: Settings) -> dict[str, str]:
+    """Return the /.well-known/matrix files by name."""
+    federation_port = 443 if settings.behind_proxy else 8448
+    server = {"m.server": f"{settings.server_name}:{federation_port}"}
+    client = {"m.homeserver": {"base_url": f"https://{settings.server_name}"}}
+    return {
+        "server": json.dumps(server, indent=2) + "\n",
+        "client": json.dumps(client, indent=2) + "\n",
+    }
+
+
+def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[FileSpec, ...]:
+    """Return every generated file with its owner and mode."""
+    environment = _environment()
+    context = {
+        "s": settings,
+        "secrets": secrets,
+        "facts": facts,
+        "tls_paths": certificate_paths(settings),
+        "registration_secret_path": str(REGISTRATION_SECRET_PATH),
+        "turn_secret_path": str(TURN_SECRET_PATH),
+        "denied_ranges": denied_ranges(),
+        "allowed_peers": allowed_peers(facts),
+        "well_known_dir": str(WELL_KNOWN_DIR / "matrix"),
+        "element_dir": str(ELEMENT_DIR),
+        "element_root": str(ELEMENT_ROOT),
+        "element_config": str(ELEMENT_CONFIG_PATH),
+        "element_config_dir": str(ELEMENT_CONFIG_PATH.parent),
+    }
+
+    def render(name: str) -> str:
+        return environment.get_template(name).render(context)
+
+    files = [
+        FileSpec(SYNAPSE_CONF_PATH, render("synapse.yaml.j2"), 0o600, "matrix-synapse", "root"),
+        FileSpec(TURNSERVER_CONF_PATH, render("turnserver.conf.j2"), 0o640, "root", "turnserver"),
+        FileSpec(APACHE_SITE_PATH, render("apache-site.conf.j2")),
+        FileSpec(ELEMENT_CONFIG_PATH, render_element_config(settings)),
+    ]
+    for name, text in render_well_known(settings).items():
+        files.append(FileSpec(WELL_KNOWN_DIR / "matrix" / name, text))
+    return tuple(files)

@@ -1,0 +1,58 @@
+"""Keep Synapse's server name and ours the same, and refuse to change it once it is in use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from matrix_stack.errors import MatrixStackError
+from matrix_stack.files import FileSpec, host_path, write_atomic
+from matrix_stack.host import synapse_has_database
+from matrix_stack.settings import Settings
+
+# Written by matrix-synapse's postinst from its debconf answer matrix-synapse/server-name.
+SERVER_NAME_PATH = Path("/etc/matrix-synapse/conf.d/server_name.yaml")
+
+
+def synapse_server_name(root: Path = Path("/")) -> str | None:
+    """Return the server name Synapse is configured with, if any."""
+    try:
+        content = yaml.safe_load(host_path(SERVER_NAME_PATH, root).read_text(encoding="utf-8"))
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
+    if isinstance(content, dict) and content.get("server_name"):
+        return str(content["server_name"]).strip().lower()
+    return None
+
+
+def ensure_server_name(
+    settings: Settings,
+    root: Path = Path("/"),
+    set_synapse_answer: Callable[[str], None] | None = None,
+) -> bool:
+    """Make Synapse use settings.server_name; return whether server_name.yaml was written.
+
+    When Synapse already has a database the name is part of every user and room ID and of
+    its signing key's identity, so a different name is refused. matrix-synapse's postinst
+    leaves server_name.yaml out when its question was never answered (a noninteractive
+    install); then it is written here exactly as that postinst would, after setting
+    matrix-synapse/server-name so that its next run writes the same line.
+    """
+    current = synapse_server_name(root)
+    if current == settings.server_name:
+        return False
+    database = synapse_has_database(root)
+    if current is not None and database is not None:
+        raise MatrixStackError(
+            f"the server name cannot change from {current} to {settings.server_name}: Synapse's "
+            f"database {database} holds users and rooms of {current}; keep {current}, or "
+            "start afresh by moving that database away"
+        )
+    if set_synapse_answer is not None:
+        set_synapse_answer(settings.server_name)
+    write_atomic(
+        FileSpec(SERVER_NAME_PATH, f"server_name: {settings.server_name}\n", 0o644), root
+    )
+    return True

@@ -1,0 +1,211 @@
+"""Validate configurations with the programs that read them, enable Apache parts, restart units."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from matrix_stack.errors import CommandError, MatrixStackError, ValidationError
+from matrix_stack.files import host_path, lookup_ids
+from matrix_stack.run import last_line, run
+from matrix_stack.settings import Settings, TlsMode
+
+SYNAPSE_CONFIG_PATH = Path("/etc/matrix-synapse/homeserver.yaml")
+SYNAPSE_CONF_DIR = Path("/etc/matrix-synapse/conf.d")
+SYNAPSE_USER = "matrix-synapse"
+# Debian's matrix-synapse runs on the system python3; the Synapse project's
+# matrix-synapse-py3 in its own virtualenv.
+SYNAPSE_PYTHONS = (Path("/opt/venvs/matrix-synapse/bin/python"), Path("/usr/bin/python3"))
+APACHE_SITE = "matrix-stack"
+# Modules matrix-stack enabled itself (they were off): purge turns exactly these off again.
+APACHE_MODULES_RECORD = Path("/var/lib/matrix-stack/apache-modules")
+SYSTEMD_RUNNING = Path("/run/systemd/system")
+APACHE_MODS_ENABLED = Path("/etc/apache2/mods-enabled")
+# Debian's "It works" site; see _default_site_shadows.
+DEFAULT_SITE = "000-default"
+APACHE_SITES_RECORD = Path("/var/lib/matrix-stack/apache-sites-disabled")
+
+# Load the configuration exactly as the unit's ExecStartPre does (generating a missing signing
+# key as the matrix-synapse user), without starting the server.
+_SYNAPSE_CHECK = (
+    "import sys\n"
+    "from synapse.config.homeserver import HomeServerConfig as Config\n"
+    "Config.load_or_generate_config('matrix-stack check', sys.argv[1:] + ['--generate-keys'])\n"
+    "Config.load_config('matrix-stack check', sys.argv[1:])\n"
+)
+
+
+def in_maintainer_script() -> bool:
+    """Return whether dpkg runs us (restarts then go through deb-systemd-invoke)."""
+    return "DPKG_MAINTSCRIPT_NAME" in os.environ
+
+
+def synapse_python() -> Path:
+    for python in SYNAPSE_PYTHONS:
+        if python.exists():
+            return python
+    raise MatrixStackError("Synapse is not installed (matrix-synapse or matrix-synapse-py3)")
+
+
+def validate_synapse(candidate: str, candidate_name: str) -> None:
+    """Load homeserver.yaml plus conf.d with candidate in place of our file, as Synapse would.
+
+    Raise ValidationError with Synapse's own message when it refuses the configuration.
+    """
+    python = synapse_python()
+    uid, gid = lookup_ids(SYNAPSE_USER, "root")
+    with tempfile.TemporaryDirectory(prefix="matrix-stack-check-") as stage:
+        os.chown(stage, uid, gid)
+        for existing in sorted(SYNAPSE_CONF_DIR.glob("*.yaml")):
+            if existing.name != candidate_name:
+                shutil.copyfile(existing, Path(stage) / existing.name)
+        (Path(stage) / candidate_name).write_text(candidate, encoding="utf-8")
+        for staged in Path(stage).iterdir():
+            os.chown(staged, uid, gid)
+            staged.chmod(0o600)
+        result = run(
+            [
+                str(python), "-c", _SYNAPSE_CHECK,
+                "--config-path", str(SYNAPSE_CONFIG_PATH),
+                "--config-path", stage,
+            ],
+            check=False,
+            user=SYNAPSE_USER,
+            timeout=120,
+        )
+    if result.returncode != 0:
+        raise ValidationError(
+            f"Synapse refuses the new configuration: {last_line(result.stderr or result.stdout)}"
+        )
+
+
+def apache_modules(settings: Settings) -> tuple[str, ...]:
+    """Return the Apache modules the rendered site needs."""
+    modules = ["proxy", "proxy_http", "headers", "alias"]
+    if settings.behind_proxy:
+        modules.append("remoteip")
+    else:
+        modules.append("ssl")
+    if settings.tls is TlsMode.ACME and not settings.behind_proxy:
+        modules.append("md")
+    return tuple(modules)
+
+
+def _a2query(flag: str, name: str) -> int:
+    return run(["a2query", flag, name], check=False).returncode
+
+
+def _record(path: Path, names: list[str], root: Path) -> None:
+    """Add names to a record of what matrix-stack changed (postrm purge undoes exactly that)."""
+    if not names:
+        return
+    record = host_path(path, root)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    known = (record.read_text().split() if record.exists() else []) + names
+    record.write_text("".join(f"{name}\n" for name in dict.fromkeys(known)))
+
+
+def _default_site_shadows(settings: Settings) -> bool:
+    """Return whether Debian's stock default site would answer port 80 for one of our names.
+
+    000-default.conf has no ServerName, so Apache gives it the host name, which is usually
+    the Matrix server name; being first, it would win over our redirect. Only the untouched
+    stock file is disabled (an admin's edited copy is theirs), and purge enables it again.
+    """
+    if _a2query("-s", DEFAULT_SITE) != 0:
+        return False
+    site = Path("/etc/apache2/sites-available") / f"{DEFAULT_SITE}.conf"
+    conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", "apache2"], check=False).stdout
+    recorded = next(
+        (line.split()[1] for line in conffiles.splitlines() if line.split()[:1] == [str(site)]),
+        None,
+    )
+    try:
+        current = hashlib.md5(site.read_bytes(), usedforsecurity=False).hexdigest()
+    except FileNotFoundError:
+        return False
+    hostnames = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return current == recorded and bool(hostnames & set(settings.certificate_names))
+
+
+def _enabled_modules(root: Path) -> set[str]:
+    return {path.stem for path in host_path(APACHE_MODS_ENABLED, root).glob("*.load")}
+
+
+def ensure_apache_enabled(settings: Settings, root: Path = Path("/")) -> tuple[str, ...]:
+    """Enable the modules the site needs and the site itself; return what was newly enabled.
+
+    Like apache2-maintscript-helper, a module or site the admin disabled is never re-enabled.
+    """
+    enabled: list[str] = []
+    before = _enabled_modules(root)
+    for module in apache_modules(settings):
+        state = _a2query("-m", module)
+        if state == 0:
+            continue
+        if state == 32:
+            raise MatrixStackError(
+                f"Apache module {module} was disabled by the administrator and matrix-stack "
+                f"needs it; enable it with: a2enmod {module}"
+            )
+        run(["a2enmod", "-m", "-q", module])
+    # a2enmod also enables what a module depends on (ssl: socache_shmcb); record them all.
+    enabled = sorted(_enabled_modules(root) - before)
+    _record(APACHE_MODULES_RECORD, enabled, root)
+    if _default_site_shadows(settings):
+        run(["a2dissite", "-m", "-q", DEFAULT_SITE])
+        _record(APACHE_SITES_RECORD, [DEFAULT_SITE], root)
+        enabled.append(f"disabled-site:{DEFAULT_SITE}")
+    site_state = _a2query("-s", APACHE_SITE)
+    if site_state == 32:
+        print(
+            f"matrix-stack: the Apache site {APACHE_SITE} was disabled by the administrator; "
+            f"left disabled (a2ensite {APACHE_SITE} serves the stack)"
+        )
+    elif site_state != 0:
+        run(["a2ensite", "-m", "-q", APACHE_SITE])
+        enabled.append(f"site:{APACHE_SITE}")
+    return tuple(enabled)
+
+
+def disable_apache_site() -> None:
+    """Disable the site again (after a failed configuration test on first enabling)."""
+    run(["a2dissite", "-m", "-q", APACHE_SITE], check=False)
+
+
+def validate_apache() -> None:
+    """Run apache2ctl configtest; raise ValidationError with its complaint on failure."""
+    result = run(["apache2ctl", "configtest"], check=False)
+    if result.returncode != 0:
+        raise ValidationError(f"Apache refuses the configuration: {last_line(result.stderr)}")
+
+
+def restart(units: Iterable[str], *, stop: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """Restart (Apache: reload) each unit and stop the others.
+
+    Return one line per action, and the units that failed to start. Inside a maintainer
+    script this goes through deb-systemd-invoke, which honours policy-rc.d. Without a
+    running systemd (a chroot) nothing is started.
+    """
+    units = list(units)
+    if not SYSTEMD_RUNNING.exists():
+        return ([f"systemd is not running: not restarting {' '.join(units)}"] if units else []), []
+    tool = ["deb-systemd-invoke"] if in_maintainer_script() else ["systemctl"]
+    lines, failed = [], []
+    for unit in units:
+        action = "reload-or-restart" if unit == "apache2" else "restart"
+        try:
+            run([*tool, action, f"{unit}.service"], timeout=180)
+        except CommandError:
+            failed.append(unit)
+            continue
+        lines.append(f"{action} {unit}")
+    for unit in stop:
+        run([*tool, "stop", f"{unit}.service"], check=False, timeout=180)
+        lines.append(f"stop {unit}")
+    return lines, failed

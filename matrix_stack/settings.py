@@ -1,0 +1,283 @@
+"""The admin's choices, validated once into a frozen Settings object that templates read."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matrix_stack.errors import SettingsError
+
+DEFAULT_ELEMENT_SOURCE = (
+    "https://github.com/element-hq/element-web/releases/download/"
+    "v{version}/element-v{version}.tar.gz"
+)
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_EMAIL = re.compile(r"[^@\s]+@" + _DNS_NAME.pattern)
+_VERSION = re.compile(r"\d+\.\d+\.\d+(-rc\.?\d+)?")
+
+
+class TlsMode(enum.StrEnum):
+    SELF_SIGNED = "self-signed"
+    FILES = "files"
+    ACME = "acme"
+
+
+class FederationMode(enum.StrEnum):
+    ALLOW_LIST = "allow-list"
+    OPEN = "open"
+    OFF = "off"
+
+
+class RegistrationMode(enum.StrEnum):
+    DISABLED = "disabled"
+    TOKEN = "token"
+    OPEN = "open"
+
+
+class DatabaseMode(enum.StrEnum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every choice the stack is rendered from; built only by from_mapping, so always valid."""
+
+    server_name: str
+    element_domain: str
+    element_version: str = "latest"
+    element_source: str = DEFAULT_ELEMENT_SOURCE
+    tls: TlsMode = TlsMode.SELF_SIGNED
+    tls_cert: str = ""
+    tls_key: str = ""
+    acme_email: str = ""
+    turn_enable: bool = True
+    turn_domain: str = ""
+    turn_external_ip: str = ""
+    turn_listening_ip: str = ""
+    federation: FederationMode = FederationMode.ALLOW_LIST
+    federation_domains: tuple[str, ...] = ()
+    registration: RegistrationMode = RegistrationMode.DISABLED
+    behind_proxy: bool = False
+    proxy_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+    database: DatabaseMode = DatabaseMode.SQLITE
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def element_on_own_domain(self) -> bool:
+        """Return whether Element has a vhost of its own (Element's advice against XSS)."""
+        return self.element_domain != self.server_name
+
+    @property
+    def certificate_names(self) -> tuple[str, ...]:
+        """Return the DNS names one certificate must cover, server name first, no repeats."""
+        names = (self.server_name, self.element_domain, self.turn_domain)
+        return tuple(dict.fromkeys(names))
+
+
+def check_dns_name(question: str, value: object) -> str:
+    """Return value as a lower-case DNS name, or raise SettingsError saying why it is not one."""
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(
+            question, value, "is empty: a DNS name such as matrix.example.org is needed"
+        )
+    name = value.strip().lower().rstrip(".")
+    if ":" in name:
+        raise SettingsError(question, value, "has a port: give the host name only")
+    if len(name) > 253 or not _DNS_NAME.fullmatch(name):
+        raise SettingsError(
+            question,
+            value,
+            "is not a DNS name (letters, digits and hyphens in dot-separated labels)",
+        )
+    return name
+
+
+def check_server_name_with_port(question: str, value: str) -> str:
+    """Return a Matrix server name, optionally with :port, or raise SettingsError."""
+    host, sep, port = value.strip().lower().partition(":")
+    name = check_dns_name(question, host) if not _is_ip(host) else host
+    if sep:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(question, value, "has an invalid port (1-65535)")
+        return f"{name}:{int(port)}"
+    return name
+
+
+def check_ip(question: str, value: object, *, allow_empty: bool = True) -> str:
+    """Return an IP address in canonical form ('' means detect), or raise SettingsError."""
+    text = "" if value is None else str(value).strip()
+    if not text and allow_empty:
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise SettingsError(question, value, "is not an IPv4 or IPv6 address") from None
+
+
+def check_external_ip(question: str, value: object) -> str:
+    """Return 'PUBLIC' or 'PUBLIC/PRIVATE' (host behind NAT), each an IP, or '' to detect."""
+    text = "" if value is None else str(value).strip()
+    if "/" in text:
+        public, private = text.split("/", 1)
+        public = check_ip(question, public, allow_empty=False)
+        private = check_ip(question, private, allow_empty=False)
+        return f"{public}/{private}"
+    return check_ip(question, text)
+
+
+def check_proxy_address(question: str, value: object) -> str:
+    """Return an IP address or network (CIDR) trusted as the outside reverse proxy."""
+    try:
+        return str(ipaddress.ip_network(str(value).strip(), strict=False))
+    except ValueError:
+        raise SettingsError(question, value, "is not an IP address or network") from None
+
+
+def check_email(question: str, value: object) -> str:
+    """Return an e-mail address, or raise SettingsError."""
+    text = str(value or "").strip()
+    if not _EMAIL.fullmatch(text.lower()):
+        raise SettingsError(question, value, "is not an e-mail address such as admin@example.org")
+    return text
+
+
+def check_absolute_file(question: str, value: object, root: Path) -> str:
+    """Return an absolute path to an existing regular file, or raise SettingsError."""
+    text = str(value or "").strip()
+    if not text.startswith("/"):
+        raise SettingsError(question, value, "must be an absolute path to an existing file")
+    if not (root / text.lstrip("/")).is_file():
+        raise SettingsError(question, value, "does not exist or is not a regular file")
+    return text
+
+
+def check_version(question: str, value: object) -> str:
+    """Return 'latest' or an Element version X.Y.Z (a leading v is dropped)."""
+    text = str(value or "").strip().lower().removeprefix("v")
+    if text == "latest" or _VERSION.fullmatch(text):
+        return text
+    raise SettingsError(question, value, "must be 'latest' or a version such as 1.11.90")
+
+
+def check_source(question: str, value: object) -> str:
+    """Return an https://, http:// or file:// URL template for the Element release tarball."""
+    text = str(value or "").strip()
+    if not re.fullmatch(r"(https?://[^\s/]+|file://)/\S*", text):
+        raise SettingsError(question, value, "must be an https://, http:// or file:/// URL")
+    return text
+
+
+def check_choice(question: str, value: object, choices: type[enum.StrEnum]) -> Any:
+    """Return the enum member named by value, or raise SettingsError listing the choices."""
+    # YAML 1.1 reads an unquoted 'federation: off' in a hand-edited stack.yaml as false.
+    text = "off" if value is False else str(value).strip()
+    try:
+        return choices(text)
+    except ValueError:
+        allowed = ", ".join(member.value for member in choices)
+        raise SettingsError(question, value, f"is not one of: {allowed}") from None
+
+
+def check_bool(question: str, value: object) -> bool:
+    """Return a boolean from a YAML boolean or the debconf strings true/false."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes"):
+        return True
+    if text in ("false", "no"):
+        return False
+    raise SettingsError(question, value, "must be true or false")
+
+
+def split_list(value: object) -> list[str]:
+    """Return the items of a YAML list or a comma/space separated string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(item).strip() for item in value if str(item).strip()]
+    return [item for item in re.split(r"[\s,]+", str(value)) if item]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
+    """Validate stack.yaml's keys into Settings; empty derived names take their defaults."""
+    known = {name for name in Settings.__dataclass_fields__ if name != "warnings"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(unknown[0], raw[unknown[0]], "is not a matrix-stack setting")
+
+    def get(key: str, check: Callable[[str, Any], Any], default: Any = "") -> Any:
+        value = raw.get(key)
+        return check(key, default if value in (None, "") else value)
+
+    server_name = get("server_name", check_dns_name)
+    element_domain = get("element_domain", check_dns_name, f"element.{server_name}")
+    tls = get("tls", lambda q, v: check_choice(q, v, TlsMode), TlsMode.SELF_SIGNED)
+    warnings = []
+    if element_domain == server_name:
+        warnings.append(
+            f"Element is served from the homeserver's own name {server_name}; Element advises "
+            "a separate domain (cross-site scripting)"
+        )
+    settings = Settings(
+        server_name=server_name,
+        element_domain=element_domain,
+        element_version=get("element_version", check_version, "latest"),
+        element_source=get("element_source", check_source, DEFAULT_ELEMENT_SOURCE),
+        tls=tls,
+        tls_cert=get("tls_cert", lambda q, v: check_absolute_file(q, v, root))
+        if tls is TlsMode.FILES
+        else str(raw.get("tls_cert") or ""),
+        tls_key=get("tls_key", lambda q, v: check_absolute_file(q, v, root))
+        if tls is TlsMode.FILES
+        else str(raw.get("tls_key") or ""),
+        acme_email=get("acme_email", check_email)
+        if tls is TlsMode.ACME
+        else str(raw.get("acme_email") or ""),
+        turn_enable=get("turn_enable", check_bool, True),
+        turn_domain=get("turn_domain", check_dns_name, server_name),
+        turn_external_ip=get("turn_external_ip", check_external_ip),
+        turn_listening_ip=get("turn_listening_ip", check_ip),
+        federation=get(
+            "federation", lambda q, v: check_choice(q, v, FederationMode), FederationMode.ALLOW_LIST
+        ),
+        federation_domains=tuple(
+            dict.fromkeys(
+                check_server_name_with_port("federation_domains", item)
+                for item in split_list(raw.get("federation_domains"))
+            )
+        ),
+        registration=get(
+            "registration",
+            lambda q, v: check_choice(q, v, RegistrationMode),
+            RegistrationMode.DISABLED,
+        ),
+        behind_proxy=get("behind_proxy", check_bool, False),
+        proxy_addresses=tuple(
+            check_proxy_address("proxy_addresses", item)
+            for item in split_list(raw.get("proxy_addresses") or ["127.0.0.1", "::1"])
+        ),
+        database=get(
+            "database", lambda q, v: check_choice(q, v, DatabaseMode), DatabaseMode.SQLITE
+        ),
+        warnings=tuple(warnings),
+    )
+    if settings.database is not DatabaseMode.SQLITE:
+        raise SettingsError("database", raw.get("database"), "is not supported yet: use sqlite")
+    return settings

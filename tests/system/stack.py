@@ -1,0 +1,129 @@
+"""Helpers for the booted-system tests: install the .deb, preseed, talk to the stack."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.system.testbed import Container, Response, https_request, wait_for
+
+SERVER = "matrix.example.test"
+APT = ["apt-get", "-y", "-o", "Acquire::Check-Valid-Until=false"]
+SELF_SIGNED_CERT = "/etc/matrix-stack/tls/self-signed.crt"
+TEMPLATES = Path(__file__).resolve().parents[2] / "debian" / "matrix-stack.templates"
+
+
+def question_types() -> dict[str, str]:
+    """Return each matrix-stack question's debconf type, read from debian/*.templates."""
+    types = {}
+    for block in TEMPLATES.read_text().split("\n\n"):
+        name = re.search(r"^Template: (\S+)", block, re.M)
+        kind = re.search(r"^Type: (\S+)", block, re.M)
+        if name and kind:
+            types[name.group(1)] = kind.group(1)
+    return types
+
+
+def preseed(container: Container, answers: Mapping[str, str]) -> None:
+    """Set debconf answers (question names without the matrix-stack/ prefix)."""
+    types = question_types()
+    lines = []
+    for name, value in answers.items():
+        question = name if "/" in name else f"matrix-stack/{name}"
+        owner = question.split("/")[0]
+        kind = types.get(question, "string")
+        lines.append(f"{owner} {question} {kind} {value}\n")
+    container.run(["debconf-set-selections"], input="".join(lines))
+
+
+def install(container: Container, deb: Path, *, check: bool = True) -> Any:
+    """apt-get install the .deb inside the container (apt resolves the real dependencies)."""
+    target = f"/srv/{deb.name}"
+    container.copy_in(deb, target)
+    if not list(container.path("/var/lib/apt/lists").glob("*_Packages")):
+        # mmdebstrap leaves no package lists: fetch them so apt can resolve our Depends.
+        container.run([*APT, "update"], timeout=600)
+    return container.run([*APT, "install", target], check=check, timeout=900)
+
+
+def https(
+    container: Container,
+    path: str,
+    *,
+    port: int = 443,
+    server_name: str = SERVER,
+    method: str = "GET",
+    cafile: str | None = SELF_SIGNED_CERT,
+    headers: Mapping[str, str] | None = None,
+    body: Any = None,
+) -> Response:
+    """One HTTPS request from the host to the stack, verified against the container's CA file."""
+    return https_request(
+        method,
+        "127.0.0.1",
+        port,
+        path,
+        server_name=server_name,
+        cafile=str(container.path(cafile)) if cafile else None,
+        headers=headers,
+        body=body,
+    )
+
+
+def wait_for_client_api(container: Container, server_name: str = SERVER, **kwargs: Any) -> None:
+    wait_for(
+        lambda: (
+            https(container, "/_matrix/client/versions", server_name=server_name, **kwargs).status
+            == 200
+        ),
+        timeout=120,
+        what=f"https://{server_name}/_matrix/client/versions to answer 200",
+    )
+
+
+def unit_start(container: Container, unit: str) -> str:
+    """Return what identifies the current run of a unit: main PID and start time."""
+    result = container.run(
+        ["systemctl", "show", "-p", "MainPID", "-p", "ExecMainStartTimestampMonotonic", unit]
+    )
+    return result.stdout.strip().replace("\n", " ")
+
+
+def reload_count(container: Container, unit: str) -> int:
+    """Return how many times systemd reloaded a unit (Apache reloads keep their main PID)."""
+    result = container.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager"], check=False)
+    return len(re.findall(r"^Reloaded ", result.stdout, re.M))
+
+
+@contextmanager
+def unit_runs(container: Container, units: tuple[str, ...]) -> Iterator[dict[str, bool]]:
+    """Yield a dict filled on exit with whether each unit was restarted or reloaded meanwhile."""
+    before = {unit: (unit_start(container, unit), reload_count(container, unit)) for unit in units}
+    changed: dict[str, bool] = {}
+    yield changed
+    time.sleep(0.5)
+    for unit in units:
+        now = (unit_start(container, unit), reload_count(container, unit))
+        changed[unit] = now != before[unit]
+
+
+def stat(container: Container, path: str) -> str:
+    """Return 'owner:group mode' of a path inside the container."""
+    return container.run(["stat", "-c", "%U:%G %a", path]).stdout.strip()
+
+
+def read_stack(container: Container) -> str:
+    return container.read_file("/etc/matrix-stack/stack.yaml")
+
+
+def set_stack_value(container: Container, key: str, value: str) -> None:
+    """Edit one line of stack.yaml as an administrator would with an editor."""
+    text = read_stack(container)
+    pattern = re.compile(rf"^{key}:.*$", re.M)
+    line = f"{key}: {value}"
+    text = pattern.sub(line, text) if pattern.search(text) else text + line + "\n"
+    container.write_file("/etc/matrix-stack/stack.yaml", text)

@@ -1,0 +1,62 @@
+"""cli: matrix-stack-admin's argument parsing and exit codes (usage errors exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrix_stack import __version__
+from matrix_stack.cli import PROGRAM, build_parser, main, run_apply
+
+
+def test_apply_dry_run_parses_to_the_apply_handler() -> None:
+    arguments = build_parser().parse_args(["apply", "--dry-run"])
+
+    assert (arguments.command, arguments.dry_run, arguments.handler) == ("apply", True, run_apply)
+
+
+def test_apply_without_options_is_not_a_dry_run() -> None:
+    assert build_parser().parse_args(["apply"]).dry_run is False
+
+
+def test_unknown_command_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["frobnicate"])
+
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"usage: {PROGRAM} ")
+    assert "invalid choice: 'frobnicate'" in error
+
+
+def test_missing_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([])
+
+    assert caught.value.code == 2
+    assert "the following arguments are required: COMMAND" in capsys.readouterr().err
+
+
+def test_unknown_option_of_apply_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["apply", "--force"])
+
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --force" in capsys.readouterr().err
+
+
+def test_help_exits_0_and_lists_apply_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+
+    assert caught.value.code == 0
+    output = capsys.readouterr().out
+    assert "apply" in output
+    assert "Exit status: 0 success, 1 the operation failed, 2 usage error." in output
+
+
+def test_version_prints_program_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"{PROGRAM} {__version__}\n"

@@ -1,0 +1,285 @@
+"""files: atomic writes with the mode set first, and ucf's rules for the admin's edits.
+
+UcfState(tmp_path) runs the real ucf and ucfr with --state-dir under tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from matrix_stack import files
+from matrix_stack.files import (
+    DIST_SUFFIX,
+    FileSpec,
+    Outcome,
+    Plan,
+    UcfState,
+    apply_plan,
+    md5_text,
+    plan_file,
+    restore,
+    write_atomic,
+)
+from tests.unit.helpers import copy_root, needs_root_for_ucf
+
+TARGET = Path("/etc/matrix-stack/example.conf")
+OLD = "setting = old\n"
+NEW = "setting = new\n"
+
+
+def spec(text: str, mode: int = 0o640) -> FileSpec:
+    return FileSpec(TARGET, text, mode, "root", "root")
+
+
+def live(root: Path) -> Path:
+    return root / "etc/matrix-stack/example.conf"
+
+
+@pytest.fixture(scope="module")
+def registered_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Write OLD as ours and register it with the real ucf, once per module."""
+    root = tmp_path_factory.mktemp("registered")
+    write_atomic(spec(OLD), root)
+    UcfState(root).register(spec(OLD))
+    return root
+
+
+@pytest.fixture
+def registered_root(registered_template: Path, tmp_path: Path) -> Path:
+    """Return this test's copy of a root where OLD was written and registered."""
+    return copy_root(registered_template, tmp_path / "root")
+
+
+# --- write_atomic -------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("umask_zero")
+def test_write_atomic_creates_file_with_mode_and_no_temporary(tmp_path: Path) -> None:
+    write_atomic(spec(NEW, 0o600), tmp_path)
+
+    assert live(tmp_path).read_text() == NEW
+    assert live(tmp_path).stat().st_mode & 0o777 == 0o600
+    assert sorted(path.name for path in live(tmp_path).parent.iterdir()) == ["example.conf"]
+
+
+def test_write_atomic_sets_mode_on_a_temporary_in_the_same_directory_before_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: list[tuple[str, int]] = []
+    states_before_content: list[tuple[int, int]] = []
+    real_mkstemp = tempfile.mkstemp
+    real_fdopen = os.fdopen
+
+    def recording_mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+        descriptor, name = real_mkstemp(*args, **kwargs)  # type: ignore[call-overload]
+        created.append((name, descriptor))
+        return descriptor, name
+
+    def recording_fdopen(descriptor: int, *args: object, **kwargs: object) -> object:
+        status = os.fstat(descriptor)
+        states_before_content.append((status.st_mode & 0o777, status.st_size))
+        return real_fdopen(descriptor, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
+    monkeypatch.setattr(os, "fdopen", recording_fdopen)
+
+    write_atomic(spec(NEW, 0o640), tmp_path)
+
+    [(temporary, _)] = created
+    assert Path(temporary).parent == live(tmp_path).parent
+    assert Path(temporary).name.startswith(".example.conf.")
+    assert not Path(temporary).exists()
+    assert states_before_content == [(0o640, 0)]
+
+
+def test_write_atomic_replaces_existing_file_by_rename(tmp_path: Path) -> None:
+    write_atomic(spec(OLD, 0o644), tmp_path)
+    before = live(tmp_path).stat()
+
+    write_atomic(spec(NEW, 0o600), tmp_path)
+
+    after = live(tmp_path).stat()
+    assert live(tmp_path).read_text() == NEW
+    assert after.st_ino != before.st_ino
+    assert after.st_mode & 0o777 == 0o600
+
+
+def test_write_atomic_with_explicit_text_writes_that_text(tmp_path: Path) -> None:
+    write_atomic(spec(NEW), tmp_path, text=OLD)
+
+    assert live(tmp_path).read_text() == OLD
+
+
+def test_write_atomic_failing_midway_leaves_old_file_and_no_temporary(tmp_path: Path) -> None:
+    write_atomic(spec(OLD), tmp_path)
+
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(spec("not encodable: \udc80\n"), tmp_path)
+
+    assert live(tmp_path).read_text() == OLD
+    assert sorted(path.name for path in live(tmp_path).parent.iterdir()) == ["example.conf"]
+
+
+# --- ucf state ----------------------------------------------------------------------------
+
+
+@needs_root_for_ucf
+def test_register_records_checksum_and_package_with_the_real_ucf(
+    registered_template: Path,
+) -> None:
+    root = registered_template
+
+    assert UcfState(root).registered_md5(TARGET) == md5_text(OLD)
+    state_dir = root / "var/lib/ucf"
+    assert (state_dir / "hashfile").read_text() == f"{md5_text(OLD)}  {live(root)}\n"
+    assert (state_dir / "registry").read_text() == f"matrix-stack \t {live(root)}\n"
+
+
+@needs_root_for_ucf
+def test_register_updates_the_checksum_in_memory_and_on_disk(registered_root: Path) -> None:
+    write_atomic(spec(NEW), registered_root)
+    state = UcfState(registered_root)
+    assert state.registered_md5(TARGET) == md5_text(OLD)
+
+    state.register(spec(NEW))
+
+    assert state.registered_md5(TARGET) == md5_text(NEW)
+    assert UcfState(registered_root).registered_md5(TARGET) == md5_text(NEW)
+
+
+def test_registered_md5_of_unknown_file_is_none(tmp_path: Path) -> None:
+    assert UcfState(tmp_path).registered_md5(TARGET) is None
+
+
+def test_md5_text_is_md5sum_of_the_utf8_bytes() -> None:
+    # The values md5sum prints, as ucf records them in its hashfile.
+    assert md5_text("hello\n") == "b1946ac92492d2347c6235b4d2611184"
+    assert md5_text("é\n") == "88df14e6957d2adb8ae54d0269f546ab"
+
+
+# --- plan_file and apply_plan -------------------------------------------------------------
+
+
+def test_plan_file_for_missing_unregistered_file_is_created(tmp_path: Path) -> None:
+    plan = plan_file(spec(NEW), tmp_path, UcfState(tmp_path))
+
+    assert plan == Plan(spec(NEW), Outcome.CREATED, None)
+    apply_plan(plan, tmp_path)
+    assert live(tmp_path).read_text() == NEW
+
+
+def test_plan_file_for_identical_file_is_unchanged_and_apply_does_not_rewrite(
+    tmp_path: Path,
+) -> None:
+    write_atomic(spec(NEW), tmp_path)
+    before = live(tmp_path).stat()
+
+    plan = plan_file(spec(NEW), tmp_path, UcfState(tmp_path))
+    apply_plan(plan, tmp_path)
+
+    assert plan.outcome is Outcome.UNCHANGED
+    after = live(tmp_path).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@needs_root_for_ucf
+def test_plan_file_for_file_as_registered_is_updated(registered_root: Path) -> None:
+    state = UcfState(registered_root)
+
+    plan = plan_file(spec(NEW), registered_root, state)
+    apply_plan(plan, registered_root)
+
+    assert plan == Plan(spec(NEW), Outcome.UPDATED, OLD)
+    assert live(registered_root).read_text() == NEW
+    assert not (registered_root / f"etc/matrix-stack/example.conf{DIST_SUFFIX}").exists()
+
+
+def test_plan_file_for_unregistered_differing_file_keeps_the_admins_file(
+    tmp_path: Path,
+) -> None:
+    write_atomic(spec(OLD), tmp_path)
+
+    assert plan_file(spec(NEW), tmp_path, UcfState(tmp_path)).outcome is Outcome.KEPT_LOCAL
+
+
+@needs_root_for_ucf
+def test_plan_file_for_admin_edited_file_keeps_it_and_writes_ucf_dist(
+    registered_root: Path,
+) -> None:
+    state = UcfState(registered_root)
+    live(registered_root).write_text("setting = mine\n")
+
+    plan = plan_file(spec(NEW, 0o640), registered_root, state)
+    apply_plan(plan, registered_root)
+
+    assert plan.outcome is Outcome.KEPT_LOCAL
+    assert live(registered_root).read_text() == "setting = mine\n"
+    dist = registered_root / f"etc/matrix-stack/example.conf{DIST_SUFFIX}"
+    assert dist.read_text() == NEW
+    assert dist.stat().st_mode & 0o777 == 0o640
+
+
+@needs_root_for_ucf
+def test_plan_file_for_admin_deleted_file_keeps_it_deleted(registered_root: Path) -> None:
+    state = UcfState(registered_root)
+    live(registered_root).unlink()
+
+    plan = plan_file(spec(NEW), registered_root, state)
+    apply_plan(plan, registered_root)
+
+    assert plan == Plan(spec(NEW), Outcome.KEPT_DELETED, None)
+    assert sorted(live(registered_root).parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("outcome", "changes"),
+    [(Outcome.CREATED, True), (Outcome.UPDATED, True), (Outcome.UNCHANGED, False),
+     (Outcome.KEPT_LOCAL, False), (Outcome.KEPT_DELETED, False)],
+)
+def test_only_created_and_updated_change_the_live_file(outcome: Outcome, changes: bool) -> None:
+    assert outcome.changes_live_file is changes
+
+
+# --- restore ------------------------------------------------------------------------------
+
+
+def test_restore_of_updated_file_puts_back_the_old_text(tmp_path: Path) -> None:
+    write_atomic(spec(OLD), tmp_path)
+    plan = plan_file(spec(NEW), tmp_path, UcfState(tmp_path))
+    apply_plan(plan, tmp_path)
+
+    restore(plan, tmp_path)
+
+    assert live(tmp_path).read_text() == OLD
+
+
+def test_restore_of_created_file_removes_it(tmp_path: Path) -> None:
+    plan = plan_file(spec(NEW), tmp_path, UcfState(tmp_path))
+    apply_plan(plan, tmp_path)
+
+    restore(plan, tmp_path)
+
+    assert not live(tmp_path).exists()
+
+
+def test_restore_of_kept_file_changes_nothing(tmp_path: Path) -> None:
+    write_atomic(spec("setting = mine\n"), tmp_path)
+    plan = Plan(spec(NEW), Outcome.KEPT_LOCAL, "setting = mine\n")
+
+    restore(plan, tmp_path)
+
+    assert live(tmp_path).read_text() == "setting = mine\n"
+
+
+def test_host_path_puts_the_target_under_root(tmp_path: Path) -> None:
+    assert files.host_path(TARGET, tmp_path) == tmp_path / "etc/matrix-stack/example.conf"
+    assert files.host_path(TARGET, Path("/")) == TARGET
+
+
+def test_sets_ownership_only_as_root_on_the_real_root(tmp_path: Path) -> None:
+    assert files.sets_ownership(tmp_path) is False
+    assert files.sets_ownership(Path("/")) is (os.geteuid() == 0)

@@ -1,0 +1,60 @@
+"""run: argv lists only, output captured, one-line errors with secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrix_stack.errors import CommandError
+from matrix_stack.run import last_line, mask_argv, run
+
+
+def test_run_captures_output_as_text() -> None:
+    result = run(["/bin/sh", "-c", "echo out; echo err >&2"])
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "out\n", "err\n")
+
+
+def test_run_passes_input_text() -> None:
+    assert run(["cat"], input_text="line\n").stdout == "line\n"
+
+
+def test_run_failing_raises_with_argv_status_and_last_error_line() -> None:
+    with pytest.raises(CommandError) as caught:
+        run(["/bin/sh", "-c", "echo first >&2; echo last >&2; exit 3"])
+
+    assert str(caught.value) == (
+        "/bin/sh -c echo first >&2; echo last >&2; exit 3 failed (exit 3): last"
+    )
+
+
+def test_run_failing_masks_secrets_in_argv_and_output() -> None:
+    with pytest.raises(CommandError) as caught:
+        run(["/bin/sh", "-c", 'echo "bad $0" >&2; exit 1', "s3cret"], secrets=["s3cret"])
+
+    assert "s3cret" not in str(caught.value)
+    assert str(caught.value).endswith("*** failed (exit 1): bad ***")
+
+
+def test_run_without_check_returns_the_failure() -> None:
+    assert run(["/bin/sh", "-c", "exit 4"], check=False).returncode == 4
+
+
+def test_run_of_missing_program_says_it_is_not_installed() -> None:
+    with pytest.raises(CommandError, match=r"^/nonexistent/tool is not installed \("):
+        run(["/nonexistent/tool"])
+
+
+def test_run_past_its_timeout_raises() -> None:
+    with pytest.raises(CommandError) as caught:
+        run(["sleep", "5"], timeout=0.1)
+
+    assert str(caught.value) == "sleep 5 did not finish in 0.1 s"
+
+
+def test_mask_argv_replaces_every_secret_and_ignores_empty_ones() -> None:
+    assert mask_argv(["tool", "--key=abc", "abcabc"], ["abc", ""]) == "tool --key=*** ******"
+
+
+def test_last_line_skips_blank_lines_and_says_when_there_is_none() -> None:
+    assert last_line("one\ntwo\n\n  \n") == "two"
+    assert last_line(" \n") == "no output"

@@ -1,0 +1,25 @@
+"""services: the pure parts (which Apache modules the site needs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrix_stack.services import apache_modules
+from tests.unit.helpers import make_settings
+
+
+@pytest.mark.parametrize(
+    ("raw", "modules"),
+    [
+        ({}, ("proxy", "proxy_http", "headers", "alias", "ssl")),
+        ({"tls": "acme", "acme_email": "a@example.org"},
+         ("proxy", "proxy_http", "headers", "alias", "ssl", "md")),
+        ({"behind_proxy": True}, ("proxy", "proxy_http", "headers", "alias", "remoteip")),
+        ({"behind_proxy": True, "tls": "acme", "acme_email": "a@example.org"},
+         ("proxy", "proxy_http", "headers", "alias", "remoteip")),
+    ],
+)
+def test_apache_modules_follow_tls_and_proxy_settings(
+    raw: dict[str, object], modules: tuple[str, ...]
+) -> None:
+    assert apache_modules(make_settings(**raw)) == modules

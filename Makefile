@@ -11,10 +11,11 @@ BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject po-debconf python3-al
 	python3-setuptools dpkg-dev
 TEST_DEPS := lintian mmdebstrap systemd-container ucf openssl python3-venv python3-pytest \
 	python3-jinja2 python3-yaml python3-bcrypt python3-debian python3-debconf \
-	python3-requests python3-signedjson python3-nacl python3-pexpect iproute2
-PIP_TOOLS := ruff mypy types-PyYAML
+	python3-requests python3-signedjson python3-nacl python3-pexpect python3-psycopg2 \
+	postgresql iproute2
+PIP_TOOLS := ruff mypy types-PyYAML matrix-nio
 
-.PHONY: all deps deb unit lint system check bench demo demo-stop clean
+.PHONY: all deps deb base-image unit lint system check bench demo demo-stop clean
 
 all: deb
 
@@ -33,6 +34,11 @@ $(DEB): $(shell find matrix_stack templates data bin doc debian -type f) setup.c
 	mv ../matrix-stack_$(VERSION)_all.deb ../matrix-stack_$(VERSION)_*.buildinfo \
 		../matrix-stack_$(VERSION)_*.changes out/
 
+# The cached Debian sid root: booted by the system tests; the unit tests also read
+# Synapse's own source and schema from it.
+base-image:
+	$(PYTHON) -c 'from tests.system.testbed import ensure_base_tarball as t, ensure_base_tree as d; d(t())'
+
 unit:
 	$(PYTHON) -m pytest -q tests/unit
 
@@ -49,13 +55,14 @@ system: $(DEB)
 
 check: deps
 	$(MAKE) deb
+	$(MAKE) base-image
 	$(MAKE) unit
 	$(MAKE) lint
 	$(MAKE) system
 
 bench: $(DEB)
 	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
-		$(PYTHON) -m tests.bench.bench_install
+		$(PYTHON) -m tests.bench.bench
 
 demo: deps
 	$(MAKE) deb

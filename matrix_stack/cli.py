@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from matrix_stack import __version__, answers
+from matrix_stack import __version__
 from matrix_stack.errors import MatrixStackError
 
 PROGRAM = "matrix-stack-admin"
@@ -33,10 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show the changes as a diff, change nothing"
     )
     apply_parser.set_defaults(handler=run_apply)
+
+    from matrix_stack import cli_users
+
+    cli_users.add_commands(commands)
     return parser
 
 
 def run_apply(arguments: argparse.Namespace) -> int:
+    from matrix_stack import answers
     from matrix_stack.apply import apply, diff, ensure_root
 
     ensure_root()

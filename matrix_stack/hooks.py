@@ -33,6 +33,18 @@ def configure(
     return list(settings.warnings) + report.lines()
 
 
+def bootstrap(debconf: answers.DebconfLike, server_name: str) -> list[str]:
+    """Create the administrator asked for, then forget its password (always)."""
+    from matrix_stack.bootstrap import bootstrap_admin
+
+    name = debconf.get("matrix-stack/admin-user").strip()
+    password = debconf.get("matrix-stack/admin-password")
+    debconf.set("matrix-stack/admin-password", "")
+    if not name:
+        return []
+    return [bootstrap_admin(name, password, server_name)]
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] != ["configure"]:
@@ -52,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for line in configure(session, set_synapse_answer=set_synapse_answer):
             print(f"{PROGRAM}: {line}", file=sys.stderr)
+        server_name = answers.load_settings(answers.read_stack(), "debconf").server_name
+        for line in bootstrap(session, server_name):
+            print(f"{PROGRAM}: {line}", file=sys.stderr)
     except MatrixStackError as error:
+        session.set("matrix-stack/admin-password", "")
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 1
     return 0

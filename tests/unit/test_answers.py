@@ -115,10 +115,6 @@ def test_every_template_question_is_in_the_table() -> None:
     assert sorted(questions - table) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN.md's matrix-stack/admin-user and admin-password have no template yet",
-)
 def test_every_table_question_has_a_template() -> None:
     table = {answer.question for answer in ANSWERS} | set(BOOTSTRAP_QUESTIONS)
 
@@ -382,10 +378,6 @@ def test_config_script_stack_value_reads_what_debconf_from_yaml_gives(
     assert {answers.QUESTION_OF_KEY[key]: value for key, value in from_sh.items()} == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stack_value strips the outer quotes but does not undo YAML's doubled '' inside",
-)
 def test_config_script_stack_value_reads_a_quoted_value_holding_a_quote(tmp_path: Path) -> None:
     stack = {"tls_cert": "/etc/ssl/it's: here.pem"}
     write_stack(stack, tmp_path)

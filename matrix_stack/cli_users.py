@@ -1,0 +1,283 @@
+"""matrix-stack-admin user … and passwd: accounts through Synapse's admin API, or offline."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from matrix_stack.errors import MatrixStackError
+
+PASSWORD_FILE_HELP = "read the password from file F ('-': standard input) instead of prompting"
+
+
+def add_commands(commands: Any) -> None:
+    """Register the user and passwd commands on the top-level subparsers."""
+    user = commands.add_parser("user", help="add, list, deactivate accounts")
+    user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+
+    add = user_commands.add_parser(
+        "add",
+        help="create an account (shared-secret registration)",
+        description="Create an account. NAME is a user name or @name:SERVER of this server. "
+        "Without --password-file the password is asked twice.",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--admin", action="store_true", help="make it a server administrator")
+    add.add_argument("--password-file", metavar="F", help=PASSWORD_FILE_HELP)
+    add.add_argument(
+        "--exists-ok", action="store_true", help="succeed, changing nothing, if it exists"
+    )
+    add.set_defaults(handler=run_add)
+
+    listing = user_commands.add_parser(
+        "list",
+        help="list the accounts",
+        description="List every account of this server: name, admin, deactivated, created, "
+        "last seen.",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    listing.add_argument("--all", action="store_true", help="include deactivated accounts")
+    listing.set_defaults(handler=run_list)
+
+    deactivate = user_commands.add_parser(
+        "deactivate",
+        help="deactivate an account (it cannot log in again)",
+        description="Deactivate an account: its sessions end, it leaves its rooms and can no "
+        "longer log in.",
+    )
+    deactivate.add_argument("name", metavar="NAME")
+    deactivate.add_argument(
+        "--erase", action="store_true", help="also erase the display name, avatar and messages "
+        "for new room members (GDPR erasure)"
+    )
+    deactivate.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    deactivate.set_defaults(handler=run_deactivate)
+
+    passwd = commands.add_parser(
+        "passwd",
+        help="set a user's password (online, or offline when Synapse is stopped)",
+        description="Set a user's password. While Synapse runs this goes through its admin "
+        "API and ends every session of the user unless --keep-sessions; when Synapse is "
+        "stopped (or with --offline) the database is updated directly, hashing exactly as "
+        "Synapse does, and the user's sessions are ended.",
+    )
+    passwd.add_argument("name", metavar="NAME")
+    passwd.add_argument("--password-file", metavar="F", help=PASSWORD_FILE_HELP)
+    passwd.add_argument(
+        "--keep-sessions", action="store_true", help="keep the user's sessions (online only)"
+    )
+    passwd.add_argument(
+        "--offline", action="store_true", help="write the database directly (Synapse stopped)"
+    )
+    passwd.add_argument(
+        "--force",
+        action="store_true",
+        help="with --offline, write the database even though Synapse runs (restart it after)",
+    )
+    passwd.set_defaults(handler=run_passwd)
+
+
+def _server_name() -> str:
+    from matrix_stack.servername import synapse_server_name
+
+    name = synapse_server_name()
+    if name is None:
+        raise MatrixStackError(
+            "Synapse has no server name yet (/etc/matrix-synapse/conf.d/server_name.yaml); "
+            "run: dpkg-reconfigure matrix-stack"
+        )
+    return name
+
+
+def _target(name: str) -> Any:
+    from matrix_stack.synapse_api import parse_user
+
+    return parse_user(name, _server_name())
+
+
+def _refuse_service_account(user: Any) -> None:
+    from matrix_stack.synapse_api import SERVICE_LOCALPART
+
+    if user.localpart == SERVICE_LOCALPART:
+        raise MatrixStackError(
+            f"{user} is matrix-stack-admin's own service account; it cannot be changed here"
+        )
+
+
+def run_add(arguments: argparse.Namespace) -> int:
+    from matrix_stack.apply import ensure_root
+    from matrix_stack.passwords import read_new_password
+    from matrix_stack.secrets import REGISTRATION_SECRET_PATH
+    from matrix_stack.synapse_api import Synapse, SynapseError, read_root_secret
+
+    ensure_root()
+    user = _target(arguments.name)
+    _refuse_service_account(user)
+    synapse = Synapse()
+    if not synapse.answers():
+        raise MatrixStackError(
+            "Synapse does not answer on 127.0.0.1:8008; start it: systemctl start matrix-synapse"
+        )
+    password = read_new_password(arguments.password_file)
+    try:
+        synapse.register(
+            user,
+            password,
+            admin=arguments.admin,
+            shared_secret=read_root_secret(REGISTRATION_SECRET_PATH),
+        )
+    except SynapseError as error:
+        if error.errcode == "M_USER_IN_USE":
+            if arguments.exists_ok:
+                print(f"{user} already exists: left unchanged")
+                return 0
+            raise MatrixStackError(
+                f"{user} already exists (--exists-ok accepts that; passwd changes its password)"
+            ) from None
+        raise
+    print(f"created {user}{' (administrator)' if arguments.admin else ''}")
+    return 0
+
+
+def _timestamp(milliseconds: Any) -> str | None:
+    if not milliseconds:
+        return None
+    moment = datetime.datetime.fromtimestamp(int(milliseconds) / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def user_rows(users: list[dict[str, Any]], service: str) -> list[dict[str, Any]]:
+    """Return the listed users in a stable shape, the service account left out."""
+    return [
+        {
+            "user_id": user["name"],
+            "admin": bool(user.get("admin")),
+            "deactivated": bool(user.get("deactivated")),
+            "created": _timestamp(user.get("creation_ts")),
+            "last_seen": _timestamp(user.get("last_seen_ts")),
+        }
+        for user in users
+        if user["name"] != service
+    ]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Return rows as aligned columns with a header line."""
+    header = ["USER", "ADMIN", "DEACTIVATED", "CREATED", "LAST SEEN"]
+    lines = [
+        [
+            row["user_id"],
+            "yes" if row["admin"] else "no",
+            "yes" if row["deactivated"] else "no",
+            row["created"] or "-",
+            row["last_seen"] or "never",
+        ]
+        for row in rows
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=False)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *lines]
+    )
+
+
+def run_list(arguments: argparse.Namespace) -> int:
+    from matrix_stack.apply import ensure_root
+    from matrix_stack.synapse_api import admin_session, service_account
+
+    ensure_root()
+    server_name = _server_name()
+    synapse = admin_session(server_name)
+    users = list(synapse.users(include_deactivated=arguments.all))
+    rows = user_rows(users, str(service_account(server_name)))
+    if arguments.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def confirm(question: str, *, read: Callable[[str], str] = input) -> bool:
+    """Ask a yes/no question on the terminal; refuse when there is none."""
+    if not sys.stdin.isatty():
+        raise MatrixStackError("no terminal to confirm on: add --yes")
+    return read(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def run_deactivate(arguments: argparse.Namespace) -> int:
+    from matrix_stack.apply import ensure_root
+    from matrix_stack.synapse_api import admin_session
+
+    ensure_root()
+    user = _target(arguments.name)
+    _refuse_service_account(user)
+    synapse = admin_session(user.server_name)
+    synapse.user(user)  # a one-line error for an unknown user, before asking
+    erase = " and erase" if arguments.erase else ""
+    if not arguments.yes and not confirm(f"Deactivate{erase} {user}? This cannot be undone."):
+        print("nothing done")
+        return 1
+    synapse.deactivate(user, erase=arguments.erase)
+    print(f"deactivated {user}")
+    return 0
+
+
+def _synapse_running() -> bool:
+    from matrix_stack.run import run
+
+    result = run(["systemctl", "is-active", "--quiet", "matrix-synapse.service"], check=False)
+    return result.returncode == 0
+
+
+def run_passwd(arguments: argparse.Namespace) -> int:
+    from matrix_stack.apply import ensure_root
+    from matrix_stack.passwords import read_new_password
+    from matrix_stack.synapse_api import Synapse, admin_session
+
+    ensure_root()
+    user = _target(arguments.name)
+    _refuse_service_account(user)
+    running = _synapse_running()
+    offline = arguments.offline or not running
+    if arguments.force and not arguments.offline:
+        raise MatrixStackError("--force only goes with --offline")
+    if offline and arguments.keep_sessions:
+        raise MatrixStackError("--keep-sessions only works online: offline ends every session")
+    if offline and running and not arguments.force:
+        raise MatrixStackError(
+            "Synapse is running: stop it first (systemctl stop matrix-synapse), or drop "
+            "--offline to change the password through Synapse"
+        )
+    if not offline:
+        synapse = admin_session(user.server_name)
+        synapse.user(user)
+        password = read_new_password(arguments.password_file)
+        synapse.reset_password(user, password, logout_devices=not arguments.keep_sessions)
+        ended = "sessions kept" if arguments.keep_sessions else "every session ended"
+        print(f"password of {user} changed; {ended}")
+        return 0
+    if not arguments.offline and Synapse().answers():
+        raise MatrixStackError("Synapse answers although its unit is stopped; use --offline")
+    return _passwd_offline(user, arguments.password_file, running)
+
+
+def _passwd_offline(user: Any, password_file: str | None, running: bool) -> int:
+    from matrix_stack.passwords import hash_password, password_settings, read_new_password
+    from matrix_stack.synapse_config import read_merged_config
+    from matrix_stack.synapse_db import reset_password_offline
+
+    config = read_merged_config()
+    settings = password_settings(config)
+    password = read_new_password(password_file)
+    ended = reset_password_offline(config, str(user), hash_password(password, settings))
+    print(f"password of {user} changed offline; {ended} session(s) ended")
+    if running:
+        print("Synapse ran meanwhile: restart it now (systemctl restart matrix-synapse)")
+    else:
+        print("start Synapse again: systemctl start matrix-synapse")
+    return 0
+

@@ -1,0 +1,289 @@
+"""Synapse's client and admin APIs on 127.0.0.1:8008, with the stdlib only (fast start-up).
+
+matrix-stack-admin authenticates as a service account, @matrix-stack:SERVER, an admin made by
+shared-secret registration. Its token is cached root-only; Synapse rate-limits logins, so the
+password (also root-only) is used only when the cached token stops working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets as random_source
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matrix_stack.errors import MatrixStackError, UsageError
+from matrix_stack.files import FileSpec, host_path, write_atomic
+from matrix_stack.secrets import REGISTRATION_SECRET_PATH, SECRETS_DIR
+
+SYNAPSE_URL = "http://127.0.0.1:8008"
+SERVICE_LOCALPART = "matrix-stack"
+TOKEN_PATH = Path("/var/lib/matrix-stack/admin-token")
+SERVICE_PASSWORD_PATH = SECRETS_DIR / "service_password"
+ADMIN = "/_synapse/admin"
+PAGE_SIZE = 500
+# Synapse's own limits (synapse/rest/admin/users.py, rest/client/register.py).
+MAX_LOCALPART = 255
+
+
+class SynapseError(MatrixStackError):
+    """Synapse answered with an error (errcode and HTTP status kept for callers)."""
+
+    def __init__(self, status: int, errcode: str, message: str) -> None:
+        self.status = status
+        self.errcode = errcode
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class UserId:
+    """A user of this server, @localpart:server_name."""
+
+    localpart: str
+    server_name: str
+
+    def __str__(self) -> str:
+        return f"@{self.localpart}:{self.server_name}"
+
+
+def parse_user(name: str, server_name: str) -> UserId:
+    """Return the user a localpart or a full @user:server names; refuse other servers' users."""
+    text = name.strip()
+    if text.startswith("@"):
+        localpart, sep, server = text[1:].partition(":")
+        if not sep:
+            raise UsageError(f"{name!r} is not a user ID: write @user:{server_name} or just user")
+        if server.lower() != server_name:
+            raise UsageError(f"{text} is not a user of this server ({server_name})")
+    else:
+        localpart = text
+    if not localpart or len(localpart) > MAX_LOCALPART or not all(
+        character.isascii() and (character.isalnum() or character in "._=-/+")
+        for character in localpart
+    ):
+        raise UsageError(
+            f"{name!r} is not a valid user name (letters, digits and . _ = - / +)"
+        )
+    return UserId(localpart.lower(), server_name)
+
+
+def registration_mac(
+    shared_secret: str, nonce: str, username: str, password: str, admin: bool
+) -> str:
+    """Return the HMAC-SHA1 Synapse expects for shared-secret registration (register_api.md)."""
+    mac = hmac.new(shared_secret.encode("utf-8"), digestmod=hashlib.sha1)
+    for part in (nonce, username, password):
+        mac.update(part.encode("utf-8"))
+        mac.update(b"\x00")
+    mac.update(b"admin" if admin else b"notadmin")
+    return mac.hexdigest()
+
+
+class Synapse:
+    """One Synapse, reached on loopback; token is the admin token used for /_synapse/admin."""
+
+    def __init__(
+        self,
+        base_url: str = SYNAPSE_URL,
+        token: str | None = None,
+        timeout: float = 30,
+        renew_token: Callable[[], str] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.timeout = timeout
+        self.renew_token = renew_token
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        authenticated: bool = True,
+    ) -> Any:
+        """Send one request and return its JSON; raise SynapseError or a one-line error.
+
+        A rejected admin token is renewed once (renew_token) and the request sent again.
+        """
+        try:
+            return self._send(method, path, body, authenticated)
+        except SynapseError as error:
+            if not (authenticated and error.status == 401 and self.renew_token):
+                raise
+            self.token = self.renew_token()
+            self.renew_token = None
+            return self._send(method, path, body, authenticated)
+
+    def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None, authenticated: bool
+    ) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if authenticated and self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            try:
+                detail = json.loads(error.read() or b"{}")
+            except ValueError:
+                detail = {}
+            raise SynapseError(
+                error.code,
+                str(detail.get("errcode", "")),
+                f"Synapse refused {method} {path.split('?')[0]}: "
+                f"{detail.get('error', error.reason)} ({error.code})",
+            ) from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise MatrixStackError(
+                f"Synapse does not answer on {self.base_url} ({reason}); is it running? "
+                "see: systemctl status matrix-synapse"
+            ) from None
+
+    def answers(self) -> bool:
+        """Return whether Synapse answers its client API at all."""
+        try:
+            self.request("GET", "/_matrix/client/versions", authenticated=False)
+        except MatrixStackError:
+            return False
+        return True
+
+    def register(
+        self,
+        user: UserId,
+        password: str,
+        *,
+        admin: bool,
+        shared_secret: str,
+        inhibit_login: bool = True,
+    ) -> dict[str, Any]:
+        """Create a user with shared-secret registration; raise SynapseError M_USER_IN_USE."""
+        path = f"{ADMIN}/v1/register"
+        nonce = self.request("GET", path, authenticated=False)["nonce"]
+        body = {
+            "nonce": nonce,
+            "username": user.localpart,
+            "password": password,
+            "admin": admin,
+            "inhibit_login": inhibit_login,
+            "mac": registration_mac(shared_secret, nonce, user.localpart, password, admin),
+        }
+        result: dict[str, Any] = self.request("POST", path, body, authenticated=False)
+        return result
+
+    def login(self, user: UserId, password: str) -> str:
+        """Log in with a password and return the access token."""
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": str(user)},
+            "password": password,
+            "initial_device_display_name": "matrix-stack-admin",
+        }
+        result = self.request("POST", "/_matrix/client/v3/login", body, authenticated=False)
+        return str(result["access_token"])
+
+    def users(self, *, include_deactivated: bool) -> Iterator[dict[str, Any]]:
+        """Yield every local user, page after page."""
+        start = "0"
+        while True:
+            query = urllib.parse.urlencode(
+                {
+                    "from": start,
+                    "limit": PAGE_SIZE,
+                    "deactivated": "true" if include_deactivated else "false",
+                    "order_by": "name",
+                }
+            )
+            page = self.request("GET", f"{ADMIN}/v2/users?{query}")
+            yield from page.get("users", [])
+            start = page.get("next_token") or ""
+            if not start:
+                return
+
+    def user(self, user: UserId) -> dict[str, Any]:
+        """Return the admin API's account details; unknown users raise a one-line error."""
+        try:
+            result: dict[str, Any] = self.request("GET", f"{ADMIN}/v2/users/{quote(user)}")
+        except SynapseError as error:
+            if error.status == 404:
+                raise MatrixStackError(f"no user {user} on this server") from None
+            raise
+        return result
+
+    def deactivate(self, user: UserId, *, erase: bool) -> None:
+        self.request("POST", f"{ADMIN}/v1/deactivate/{quote(user)}", {"erase": erase})
+
+    def reset_password(self, user: UserId, password: str, *, logout_devices: bool) -> None:
+        self.request(
+            "POST",
+            f"{ADMIN}/v1/reset_password/{quote(user)}",
+            {"new_password": password, "logout_devices": logout_devices},
+        )
+
+
+def quote(user: UserId) -> str:
+    """Return the user ID percent-encoded for a URL path."""
+    return urllib.parse.quote(str(user), safe="")
+
+
+def read_root_secret(path: Path, root: Path = Path("/")) -> str:
+    try:
+        return host_path(path, root).read_text(encoding="utf-8").strip()
+    except PermissionError:
+        raise MatrixStackError("this needs root: run it with sudo") from None
+    except FileNotFoundError:
+        raise MatrixStackError(
+            f"{path} is missing; run: dpkg-reconfigure matrix-stack"
+        ) from None
+
+
+def _save_root_only(path: Path, text: str, root: Path) -> None:
+    write_atomic(FileSpec(path, text + "\n", 0o600, "root", "root"), root)
+
+
+def service_account(server_name: str) -> UserId:
+    return UserId(SERVICE_LOCALPART, server_name)
+
+
+def admin_session(server_name: str, root: Path = Path("/")) -> Synapse:
+    """Return a client with the cached admin token, renewed (once) if Synapse rejects it."""
+    synapse = Synapse(renew_token=lambda: new_admin_token(synapse, server_name, root))
+    if host_path(TOKEN_PATH, root).exists():
+        synapse.token = read_root_secret(TOKEN_PATH, root)
+    else:
+        synapse.token = new_admin_token(synapse, server_name, root)
+    return synapse
+
+
+def new_admin_token(synapse: Synapse, server_name: str, root: Path = Path("/")) -> str:
+    """Create the service admin on first use (shared secret), else log it in; cache the token."""
+    service = service_account(server_name)
+    if not host_path(SERVICE_PASSWORD_PATH, root).exists():
+        _save_root_only(SERVICE_PASSWORD_PATH, random_source.token_urlsafe(32), root)
+    password = read_root_secret(SERVICE_PASSWORD_PATH, root)
+    try:
+        result = synapse.register(
+            service,
+            password,
+            admin=True,
+            shared_secret=read_root_secret(REGISTRATION_SECRET_PATH, root),
+            inhibit_login=False,
+        )
+        token = str(result["access_token"])
+    except SynapseError as error:
+        if error.errcode != "M_USER_IN_USE":
+            raise
+        token = synapse.login(service, password)
+    _save_root_only(TOKEN_PATH, token, root)
+    return token

@@ -1,0 +1,102 @@
+"""make bench: numbers from a booted Debian sid running the stack; printed, never asserted.
+
+- install: apt-get install of the .deb until /_matrix/client/versions answers through Apache;
+- apply: a no-change `matrix-stack-admin apply` (goal < 1 s, restarting nothing);
+- CLI start-up: `matrix-stack-admin --help` (goal < 50 ms);
+- `user list --json` over 1,000 accounts.
+Times of commands are taken inside the container, so nsenter's own cost is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tests.system import stack
+from tests.system.testbed import Container, cleanup_stale, ensure_base_tarball
+
+# Runs a command N times inside the container and prints the wall times as JSON.
+TIMER = """
+import json, subprocess, sys, time
+runs, argv = int(sys.argv[1]), sys.argv[2:]
+times = []
+for _ in range(runs):
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    times.append(time.perf_counter() - start)
+print(json.dumps(times))
+"""
+
+
+def machine() -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        "unknown CPU",
+    )
+    python = platform.python_version()
+    return f"{os.cpu_count()} x {cpu}, kernel {platform.release()}, host Python {python}"
+
+
+def timed(container: Container, runs: int, *argv: str) -> str:
+    times = json.loads(container.run(["python3", "-c", TIMER, str(runs), *argv]).stdout)
+    return (f"median {statistics.median(times) * 1000:.0f} ms, "
+            f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms ({runs} runs)")
+
+
+def add_users(container: Container, count: int) -> None:
+    """Create accounts through the admin API with the CLI's own cached token."""
+    container.run(["matrix-stack-admin", "user", "list", "--json"])  # makes the token
+    token = container.read_file("/var/lib/matrix-stack/admin-token").strip()
+    for index in range(count):
+        user = urllib.parse.quote(f"@bench{index:04d}:{stack.SERVER}", safe="")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:8008/_synapse/admin/v2/users/{user}",
+            data=json.dumps({"password": f"bench-{index}"}).encode(), method="PUT",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+def main() -> int:
+    cleanup_stale()
+    deb = Path(os.environ["MATRIX_STACK_DEB"])
+    print(f"machine: {machine()}")
+    with Container(ensure_base_tarball(), name="bench", hostname=stack.SERVER) as container:
+        container.boot()
+        container.copy_in(deb, f"/srv/{deb.name}")
+        container.run([*stack.APT, "update"], timeout=600)
+        container.run([*stack.APT, "install", "--download-only", f"/srv/{deb.name}"])
+        started = time.monotonic()
+        container.run([*stack.APT, "install", f"/srv/{deb.name}"], timeout=900)
+        installed = time.monotonic()
+        stack.wait_for_client_api(container)
+        answered = time.monotonic()
+        print(f"container: Debian sid, {container.run(['python3', '--version']).stdout.strip()}")
+        print(f"install: apt-get install {installed - started:.1f} s (dependencies downloaded "
+              f"beforehand); until /_matrix/client/versions answers 200 through Apache: "
+              f"{answered - started:.1f} s")
+        units = ("matrix-synapse", "coturn", "apache2")
+        with stack.unit_runs(container, units) as changed:
+            print(f"no-change apply: {timed(container, 10, 'matrix-stack-admin', 'apply')}; "
+                  f"restarted: {[u for u, c in changed.items() if c] or 'nothing'}")
+        print(f"matrix-stack-admin --help: {timed(container, 20, 'matrix-stack-admin', '--help')}")
+        print(f"python3 -c pass (floor): {timed(container, 20, 'python3', '-c', 'pass')}")
+        container.write_file("/etc/matrix-synapse/conf.d/90-bench-only.yaml", "bcrypt_rounds: 4\n")
+        container.run(["systemctl", "restart", "matrix-synapse"])
+        stack.wait_for_client_api(container)
+        add_users(container, 1000)
+        listed = json.loads(container.run(["matrix-stack-admin", "user", "list", "--json"]).stdout)
+        print(f"user list --json over {len(listed)} accounts: "
+              f"{timed(container, 5, 'matrix-stack-admin', 'user', 'list', '--json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""Users and passwords on a booted stack, checked with a real Matrix client (matrix-nio).
+
+The stack is installed with a preseeded administrator; the tests then share it in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.system import stack
+from tests.system.stack import SERVER, install, preseed
+from tests.system.testbed import Container
+
+pytestmark = pytest.mark.system
+
+ADMIN_PASSWORD = "Boot-strap-S3cret"
+HOSTS_MARK = "# matrix-stack system test"
+SYNAPSE = "http://127.0.0.1:8008"  # the container shares the host's network
+
+
+@contextmanager
+def host_resolves(name: str) -> Iterator[None]:
+    """Let the host's resolver find name on loopback while the client runs (TESTBED.md)."""
+    hosts = Path("/etc/hosts")
+    original = hosts.read_text()
+    hosts.write_text(original + f"127.0.0.1 {name} {HOSTS_MARK}\n")
+    try:
+        yield
+    finally:
+        hosts.write_text(
+            "".join(line for line in hosts.read_text().splitlines(True) if HOSTS_MARK not in line)
+        )
+
+
+@pytest.fixture(scope="module")
+def ct(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
+    container = Container(base_tarball, name="users", hostname=SERVER)
+    try:
+        container.boot()
+        preseed(container, {"admin-user": "admin", "admin-password": ADMIN_PASSWORD})
+        result = install(container, deb_path)
+        assert f"matrix-stack: created the administrator @admin:{SERVER}" in (
+            result.stdout + result.stderr
+        )
+        # Tests only: cheap hashing and no login rate limit, so that hundreds of accounts
+        # and repeated logins take seconds. Never in the package.
+        container.write_file(
+            "/etc/matrix-synapse/conf.d/90-test-only.yaml",
+            "bcrypt_rounds: 4\n"
+            "rc_login:\n"
+            "  address: {per_second: 1000, burst_count: 1000}\n"
+            "  account: {per_second: 1000, burst_count: 1000}\n"
+            "  failed_attempts: {per_second: 1000, burst_count: 1000}\n",
+        )
+        container.run(["systemctl", "restart", "matrix-synapse"])
+        stack.wait_for_client_api(container)
+        with host_resolves(SERVER):
+            yield container
+    finally:
+        container.close()
+
+
+def admin(ct: Container, *args: str, password: str | None = None, check: bool = True) -> Any:
+    """Run matrix-stack-admin with a password on standard input (never on argv)."""
+    argv = ["matrix-stack-admin", *args]
+    if password is not None:
+        argv += ["--password-file", "-"]
+    return ct.run(argv, input=password, check=check)
+
+
+def client_api(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    request = urllib.request.Request(
+        SYNAPSE + path, data=json.dumps(body).encode() if body is not None else None,
+        method=method, headers={"Content-Type": "application/json"},
+    )
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def login(user: str, password: str) -> tuple[int, str | None]:
+    status, body = client_api("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user},
+        "password": password,
+    })
+    return status, body.get("access_token")
+
+
+def whoami(token: str) -> int:
+    return int(client_api("GET", "/_matrix/client/v3/account/whoami", token=token)[0])
+
+
+def nio_login_and_send(ct: Container, user: str, password: str) -> str:
+    """Log in with matrix-nio over HTTPS through Apache, make a room, send a message."""
+    import nio
+
+    async def scenario() -> str:
+        context = ssl.create_default_context(cafile=str(ct.path(stack.SELF_SIGNED_CERT)))
+        client = nio.AsyncClient(f"https://{SERVER}", user, ssl=context)  # type: ignore[arg-type]
+        try:
+            response = await client.login(password)
+            assert isinstance(response, nio.LoginResponse), response
+            room = await client.room_create(name="matrix-stack test")
+            assert isinstance(room, nio.RoomCreateResponse), room
+            sent = await client.room_send(
+                room.room_id, "m.room.message", {"msgtype": "m.text", "body": "hello, Debian"}
+            )
+            assert isinstance(sent, nio.RoomSendResponse), sent
+            return str(sent.event_id)
+        finally:
+            await client.close()
+
+    return asyncio.run(scenario())
+
+
+def test_preseeded_admin_exists_and_its_password_left_debconf(ct: Container) -> None:
+    status, token = login("admin", ADMIN_PASSWORD)
+    assert status == 200 and token
+    status, body = client_api("GET", f"/_synapse/admin/v2/users/@admin:{SERVER}", token=token)
+    assert status == 200 and body["admin"] is True
+    leftovers = ct.run(["grep", "-rl", ADMIN_PASSWORD, "/var/cache/debconf"], check=False)
+    assert leftovers.stdout == ""
+    shown = ct.run(["debconf-show", "matrix-stack"]).stdout
+    assert ADMIN_PASSWORD not in shown
+
+
+def test_added_user_and_admin_log_in_with_a_real_client_and_send(ct: Container) -> None:
+    added = admin(ct, "user", "add", "alice", password="alice-pw-1")
+    assert added.stdout == f"created @alice:{SERVER}\n"
+    added = admin(ct, "user", "add", f"@bob:{SERVER}", "--admin", password="bob-pw-1")
+    assert added.stdout == f"created @bob:{SERVER} (administrator)\n"
+    assert nio_login_and_send(ct, "alice", "alice-pw-1").startswith("$")
+    assert nio_login_and_send(ct, "bob", "bob-pw-1").startswith("$")
+    listed = json.loads(admin(ct, "user", "list", "--json").stdout)
+    by_name = {row["user_id"]: row for row in listed}
+    assert by_name[f"@bob:{SERVER}"]["admin"] is True
+    assert by_name[f"@alice:{SERVER}"]["admin"] is False
+
+
+def test_adding_an_existing_user_fails_unless_exists_ok(ct: Container) -> None:
+    result = admin(ct, "user", "add", "alice", password="other", check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"matrix-stack-admin: @alice:{SERVER} already exists (--exists-ok accepts that; "
+        "passwd changes its password)\n"
+    )
+    result = admin(ct, "user", "add", "alice", "--exists-ok", password="other")
+    assert result.stdout == f"@alice:{SERVER} already exists: left unchanged\n"
+    assert login("alice", "alice-pw-1")[0] == 200
+
+
+def test_user_of_another_server_is_refused_in_one_line(ct: Container) -> None:
+    result = admin(ct, "passwd", "@carol:elsewhere.example", password="x", check=False)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"matrix-stack-admin: @carol:elsewhere.example is not a user of this server ({SERVER})\n"
+    )
+
+
+def test_online_passwd_ends_sessions_and_changes_the_password(ct: Container) -> None:
+    _, old_token = login("alice", "alice-pw-1")
+    assert old_token and whoami(old_token) == 200
+    result = admin(ct, "passwd", "alice", password="alice-pw-2")
+    assert result.stdout == f"password of @alice:{SERVER} changed; every session ended\n"
+    assert whoami(old_token) == 401
+    assert login("alice", "alice-pw-2")[0] == 200
+    assert login("alice", "alice-pw-1")[0] == 403
+
+
+def test_online_passwd_can_keep_sessions(ct: Container) -> None:
+    _, token = login("alice", "alice-pw-2")
+    assert token
+    admin(ct, "passwd", "alice", "--keep-sessions", password="alice-pw-3")
+    assert whoami(token) == 200
+    assert login("alice", "alice-pw-3")[0] == 200
+
+
+def test_offline_passwd_is_refused_while_synapse_runs(ct: Container) -> None:
+    result = admin(ct, "passwd", "alice", "--offline", password="x", check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("matrix-stack-admin: Synapse is running: stop it first")
+
+
+def test_offline_passwd_with_synapse_stopped_changes_password_and_ends_sessions(
+    ct: Container,
+) -> None:
+    _, old_token = login("alice", "alice-pw-3")
+    assert old_token
+    ct.run(["systemctl", "stop", "matrix-synapse"])
+    try:
+        result = admin(ct, "passwd", "alice", password="pässwörd-ﬁ-4")
+        assert result.stdout.startswith(f"password of @alice:{SERVER} changed offline; ")
+        assert "start Synapse again: systemctl start matrix-synapse" in result.stdout
+    finally:
+        ct.run(["systemctl", "start", "matrix-synapse"])
+    stack.wait_for_client_api(ct)
+    assert login("alice", "pässwörd-fi-4")[0] == 200  # NFKC: ﬁ is fi, as Synapse hashes
+    assert login("alice", "alice-pw-3")[0] == 403
+    assert whoami(old_token) == 401
+
+
+def test_deactivated_user_cannot_log_in(ct: Container) -> None:
+    admin(ct, "user", "add", "dave", password="dave-pw")
+    assert login("dave", "dave-pw")[0] == 200
+    refused = admin(ct, "user", "deactivate", "dave", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == "matrix-stack-admin: no terminal to confirm on: add --yes\n"
+    result = admin(ct, "user", "deactivate", "dave", "--yes")
+    assert result.stdout == f"deactivated @dave:{SERVER}\n"
+    assert login("dave", "dave-pw")[0] == 403
+    listed = [row["user_id"] for row in json.loads(admin(ct, "user", "list", "--json").stdout)]
+    assert f"@dave:{SERVER}" not in listed
+    everyone = json.loads(admin(ct, "user", "list", "--json", "--all").stdout)
+    assert {"user_id": f"@dave:{SERVER}", "deactivated": True}.items() <= next(
+        row for row in everyone if row["user_id"] == f"@dave:{SERVER}"
+    ).items()
+
+
+def test_service_account_is_hidden_and_protected(ct: Container) -> None:
+    listed = [row["user_id"] for row in json.loads(admin(ct, "user", "list", "--json").stdout)]
+    assert f"@matrix-stack:{SERVER}" not in listed
+    result = admin(ct, "user", "deactivate", "matrix-stack", "--yes", check=False)
+    assert result.returncode == 1
+    assert "service account" in result.stderr
+    assert ct.run(["stat", "-c", "%U %a", "/var/lib/matrix-stack/admin-token"]).stdout == (
+        "root 600\n"
+    )
+
+
+def test_user_list_returns_every_page(ct: Container) -> None:
+    token = ct.read_file("/var/lib/matrix-stack/admin-token").strip()
+    for index in range(260):
+        user_id = urllib.parse.quote(f"@bulk{index:03d}:{SERVER}", safe="")
+        status, _ = client_api("PUT", f"/_synapse/admin/v2/users/{user_id}",
+                               {"password": f"bulk-{index}"}, token=token)
+        assert status in (200, 201)
+    listed = json.loads(admin(ct, "user", "list", "--json").stdout)
+    bulk = [row["user_id"] for row in listed if row["user_id"].startswith("@bulk")]
+    assert bulk == [f"@bulk{index:03d}:{SERVER}" for index in range(260)]
+    table = admin(ct, "user", "list").stdout.splitlines()
+    assert table[0].split() == ["USER", "ADMIN", "DEACTIVATED", "CREATED", "LAST", "SEEN"]
+    assert len(table) == 1 + len(listed)
+
+
+def test_passwords_never_reach_argv_or_the_journal(ct: Container) -> None:
+    journal = ct.run(["journalctl", "--no-pager", "-o", "cat"]).stdout
+    for secret in (ADMIN_PASSWORD, "alice-pw-1", "bob-pw-1", "dave-pw"):
+        assert secret not in journal

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Self, TypeVar
+from typing import IO, Any, Self, TypeVar
 
 __all__ = [
     "BASE_PACKAGES",
@@ -83,6 +83,8 @@ DEFAULT_SUITE = "sid"
 DEFAULT_MIRROR = os.environ.get("MATRIX_STACK_TEST_MIRROR", "http://deb.debian.org/debian")
 CACHE_DIR = Path("/var/cache/matrix-stack-tests")
 WORK_DIR = Path("/var/tmp/matrix-stack-tests")
+# Held by the process whose container uses the host's network (ports 80, 443, 8448, 3478).
+HOST_NETWORK_LOCK = Path("/run/lock/matrix-stack-testbed.lock")
 
 # Bump when the way the base image is made changes (hooks, options), to invalidate caches.
 _RECIPE_VERSION = "1"
@@ -540,6 +542,7 @@ class Container:
         self.root = self.dir / "root"
         self.console_log = self.dir / "console.log"
         self.uses_overlay = False
+        self._host_lock: IO[str] | None = None
 
         work_dir.mkdir(parents=True, exist_ok=True)
         self.dir.mkdir(mode=0o700)
@@ -674,6 +677,7 @@ class Container:
                     f"{others[0].machine} already runs on the host network; only one "
                     "host-network container may run at a time (ports 80/443/8448/3478)"
                 )
+            self._take_host_network()
         argv = [
             "systemd-nspawn",
             "-q",
@@ -783,6 +787,21 @@ class Container:
             self._console.close()
             self._console = None
 
+    def _take_host_network(self) -> None:
+        """Wait until no other process's container holds the host's ports (a file lock)."""
+        HOST_NETWORK_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        self._host_lock = open(HOST_NETWORK_LOCK, "a")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._host_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(f"{self.machine}: waiting for another run's container to free the host network")
+            fcntl.flock(self._host_lock, fcntl.LOCK_EX)
+
+    def _release_host_network(self) -> None:
+        if self._host_lock is not None:
+            self._host_lock.close()  # closing the descriptor releases the lock
+            self._host_lock = None
+
     def close(self) -> None:
         """Stop the container and remove its root, mounts and directory.  Idempotent."""
         if self._closed:
@@ -809,6 +828,7 @@ class Container:
                 errors.append(f"remove {self.dir}: {exc}")
         finally:
             self._closed = True
+            self._release_host_network()
             with _LIVE_LOCK:
                 if self in _LIVE:
                     _LIVE.remove(self)

@@ -57,31 +57,13 @@ def add_commands(commands: Any) -> None:
     deactivate.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     deactivate.set_defaults(handler=run_deactivate)
 
-    passwd = commands.add_parser(
-        "passwd",
-        help="set a user's password (online, or offline when Synapse is stopped)",
-        description="Set a user's password. While Synapse runs this goes through its admin "
-        "API and ends every session of the user unless --keep-sessions; when Synapse is "
-        "stopped (or with --offline) the database is updated directly, hashing exactly as "
-        "Synapse does, and the user's sessions are ended.",
-    )
-    passwd.add_argument("name", metavar="NAME")
-    passwd.add_argument("--password-file", metavar="F", help=PASSWORD_FILE_HELP)
-    passwd.add_argument(
-        "--keep-sessions", action="store_true", help="keep the user's sessions (online only)"
-    )
-    passwd.add_argument(
-        "--offline", action="store_true", help="write the database directly (Synapse stopped)"
-    )
-    passwd.add_argument(
-        "--force",
-        action="store_true",
-        help="with --offline, write the database even though Synapse runs (restart it after)",
-    )
-    passwd.set_defaults(handler=run_passwd)
+    from matrix_stack import cli_user_changes
+
+    cli_user_changes.add_commands(user_commands)
 
 
-def _server_name() -> str:
+
+def local_server_name() -> str:
     from matrix_stack.servername import synapse_server_name
 
     name = synapse_server_name()
@@ -93,13 +75,13 @@ def _server_name() -> str:
     return name
 
 
-def _target(name: str) -> Any:
+def target_user(name: str) -> Any:
     from matrix_stack.synapse_api import parse_user
 
-    return parse_user(name, _server_name())
+    return parse_user(name, local_server_name())
 
 
-def _refuse_service_account(user: Any) -> None:
+def refuse_service_account(user: Any) -> None:
     from matrix_stack.synapse_api import SERVICE_LOCALPART
 
     if user.localpart == SERVICE_LOCALPART:
@@ -115,8 +97,8 @@ def run_add(arguments: argparse.Namespace) -> int:
     from matrix_stack.synapse_api import Synapse, SynapseError, read_root_secret
 
     ensure_root()
-    user = _target(arguments.name)
-    _refuse_service_account(user)
+    user = target_user(arguments.name)
+    refuse_service_account(user)
     synapse = Synapse()
     if not synapse.answers():
         raise MatrixStackError(
@@ -143,7 +125,7 @@ def run_add(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _timestamp(milliseconds: Any) -> str | None:
+def format_time(milliseconds: Any) -> str | None:
     if not milliseconds:
         return None
     moment = datetime.datetime.fromtimestamp(int(milliseconds) / 1000, tz=datetime.UTC)
@@ -157,8 +139,8 @@ def user_rows(users: list[dict[str, Any]], service: str) -> list[dict[str, Any]]
             "user_id": user["name"],
             "admin": bool(user.get("admin")),
             "deactivated": bool(user.get("deactivated")),
-            "created": _timestamp(user.get("creation_ts")),
-            "last_seen": _timestamp(user.get("last_seen_ts")),
+            "created": format_time(user.get("creation_ts")),
+            "last_seen": format_time(user.get("last_seen_ts")),
         }
         for user in users
         if user["name"] != service
@@ -190,7 +172,7 @@ def run_list(arguments: argparse.Namespace) -> int:
     from matrix_stack.synapse_api import admin_session, service_account
 
     ensure_root()
-    server_name = _server_name()
+    server_name = local_server_name()
     synapse = admin_session(server_name)
     users = list(synapse.users(include_deactivated=arguments.all))
     rows = user_rows(users, str(service_account(server_name)))
@@ -213,8 +195,8 @@ def run_deactivate(arguments: argparse.Namespace) -> int:
     from matrix_stack.synapse_api import admin_session
 
     ensure_root()
-    user = _target(arguments.name)
-    _refuse_service_account(user)
+    user = target_user(arguments.name)
+    refuse_service_account(user)
     synapse = admin_session(user.server_name)
     synapse.user(user)  # a one-line error for an unknown user, before asking
     erase = " and erase" if arguments.erase else ""
@@ -224,60 +206,3 @@ def run_deactivate(arguments: argparse.Namespace) -> int:
     synapse.deactivate(user, erase=arguments.erase)
     print(f"deactivated {user}")
     return 0
-
-
-def _synapse_running() -> bool:
-    from matrix_stack.run import run
-
-    result = run(["systemctl", "is-active", "--quiet", "matrix-synapse.service"], check=False)
-    return result.returncode == 0
-
-
-def run_passwd(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import ensure_root
-    from matrix_stack.passwords import read_new_password
-    from matrix_stack.synapse_api import Synapse, admin_session
-
-    ensure_root()
-    user = _target(arguments.name)
-    _refuse_service_account(user)
-    running = _synapse_running()
-    offline = arguments.offline or not running
-    if arguments.force and not arguments.offline:
-        raise MatrixStackError("--force only goes with --offline")
-    if offline and arguments.keep_sessions:
-        raise MatrixStackError("--keep-sessions only works online: offline ends every session")
-    if offline and running and not arguments.force:
-        raise MatrixStackError(
-            "Synapse is running: stop it first (systemctl stop matrix-synapse), or drop "
-            "--offline to change the password through Synapse"
-        )
-    if not offline:
-        synapse = admin_session(user.server_name)
-        synapse.user(user)
-        password = read_new_password(arguments.password_file)
-        synapse.reset_password(user, password, logout_devices=not arguments.keep_sessions)
-        ended = "sessions kept" if arguments.keep_sessions else "every session ended"
-        print(f"password of {user} changed; {ended}")
-        return 0
-    if not arguments.offline and Synapse().answers():
-        raise MatrixStackError("Synapse answers although its unit is stopped; use --offline")
-    return _passwd_offline(user, arguments.password_file, running)
-
-
-def _passwd_offline(user: Any, password_file: str | None, running: bool) -> int:
-    from matrix_stack.passwords import hash_password, password_settings, read_new_password
-    from matrix_stack.synapse_config import read_merged_config
-    from matrix_stack.synapse_db import reset_password_offline
-
-    config = read_merged_config()
-    settings = password_settings(config)
-    password = read_new_password(password_file)
-    ended = reset_password_offline(config, str(user), hash_password(password, settings))
-    print(f"password of {user} changed offline; {ended} session(s) ended")
-    if running:
-        print("Synapse ran meanwhile: restart it now (systemctl restart matrix-synapse)")
-    else:
-        print("start Synapse again: systemctl start matrix-synapse")
-    return 0
-

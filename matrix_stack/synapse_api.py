@@ -287,3 +287,54 @@ def new_admin_token(synapse: Synapse, server_name: str, root: Path = Path("/")) 
         token = synapse.login(service, password)
     _save_root_only(TOKEN_PATH, token, root)
     return token
+
+
+def modify_user(synapse: Synapse, user: UserId, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Change an existing account through PUT /_synapse/admin/v2/users (never creating one)."""
+    synapse.user(user)  # PUT would create an unknown user: refuse that first
+    result: dict[str, Any] = synapse.request("PUT", f"{ADMIN}/v2/users/{quote(user)}", fields)
+    return result
+
+
+def devices(synapse: Synapse, user: UserId) -> list[dict[str, Any]]:
+    """Return the user's devices (sessions)."""
+    result = synapse.request("GET", f"{ADMIN}/v2/users/{quote(user)}/devices")
+    return list(result.get("devices", []))
+
+
+def delete_devices(synapse: Synapse, user: UserId, device_ids: list[str]) -> None:
+    """End the given sessions (their access tokens stop working at once)."""
+    synapse.request(
+        "POST", f"{ADMIN}/v2/users/{quote(user)}/delete_devices", {"devices": device_ids}
+    )
+
+
+def registration_tokens(synapse: Synapse) -> list[dict[str, Any]]:
+    result = synapse.request("GET", f"{ADMIN}/v1/registration_tokens")
+    return list(result.get("registration_tokens", []))
+
+
+def new_registration_token(
+    synapse: Synapse, uses: int | None, expiry_ms: int | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"uses_allowed": uses, "expiry_time": expiry_ms}
+    result: dict[str, Any] = synapse.request(
+        "POST", f"{ADMIN}/v1/registration_tokens/new", body
+    )
+    return result
+
+
+def revoke_registration_token(synapse: Synapse, token: str) -> None:
+    path = f"{ADMIN}/v1/registration_tokens/{urllib.parse.quote(token, safe='')}"
+    try:
+        synapse.request("DELETE", path)
+    except SynapseError as error:
+        if error.status == 404:
+            raise MatrixStackError("no such registration token") from None
+        raise
+
+
+def background_updates_pending(synapse: Synapse) -> bool:
+    """Return whether Synapse is still running database background updates (new indexes)."""
+    status = synapse.request("GET", f"{ADMIN}/v1/background_updates/status")
+    return bool(status.get("current_updates"))

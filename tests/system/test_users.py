@@ -12,35 +12,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.system import stack
-from tests.system.stack import SERVER, install, preseed
-from tests.system.testbed import Container
+from tests.system.stack import SERVER, host_resolves, install, preseed
+from tests.system.testbed import Container, wait_for
 
 pytestmark = pytest.mark.system
 
 ADMIN_PASSWORD = "Boot-strap-S3cret"
-HOSTS_MARK = "# matrix-stack system test"
 SYNAPSE = "http://127.0.0.1:8008"  # the container shares the host's network
-
-
-@contextmanager
-def host_resolves(name: str) -> Iterator[None]:
-    """Let the host's resolver find name on loopback while the client runs (TESTBED.md)."""
-    hosts = Path("/etc/hosts")
-    original = hosts.read_text()
-    hosts.write_text(original + f"127.0.0.1 {name} {HOSTS_MARK}\n")
-    try:
-        yield
-    finally:
-        hosts.write_text(
-            "".join(line for line in hosts.read_text().splitlines(True) if HOSTS_MARK not in line)
-        )
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +49,15 @@ def ct(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
         )
         container.run(["systemctl", "restart", "matrix-synapse"])
         stack.wait_for_client_api(container)
+        # A fresh Synapse builds indexes in the background for a while; some admin API calls
+        # (re-activation on SQLite) fail until they are done, as on any new server.
+        container.run(["matrix-stack-admin", "user", "list"])
+        token = container.read_file("/var/lib/matrix-stack/admin-token").strip()
+        wait_for(
+            lambda: not client_api("GET", "/_synapse/admin/v1/background_updates/status",
+                                   token=token)[1].get("current_updates"),
+            timeout=300, interval=3, what="Synapse's background updates to finish",
+        )
         with host_resolves(SERVER):
             yield container
     finally:
@@ -230,6 +223,119 @@ def test_deactivated_user_cannot_log_in(ct: Container) -> None:
     assert {"user_id": f"@dave:{SERVER}", "deactivated": True}.items() <= next(
         row for row in everyone if row["user_id"] == f"@dave:{SERVER}"
     ).items()
+
+
+def admin_flag(user: str) -> bool:
+    token = ADMIN_TOKEN[0]
+    status, body = client_api("GET", f"/_synapse/admin/v2/users/@{user}:{SERVER}", token=token)
+    assert status == 200, body
+    return bool(body["admin"])
+
+
+ADMIN_TOKEN: list[str] = []
+
+
+def test_user_modify_grants_and_removes_admin_but_never_the_last(ct: Container) -> None:
+    ADMIN_TOKEN.append(ct.read_file("/var/lib/matrix-stack/admin-token").strip())
+    admin(ct, "user", "modify", "alice", "--admin")
+    assert admin_flag("alice") is True
+    admin(ct, "user", "modify", "alice", "--no-admin")
+    assert admin_flag("alice") is False
+    admin(ct, "user", "modify", "bob", "--no-admin")
+    refused = admin(ct, "user", "modify", "admin", "--no-admin", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"matrix-stack-admin: @admin:{SERVER} is the last administrator: make another one "
+        "first (matrix-stack-admin user modify NAME --admin)\n"
+    )
+    assert admin_flag("admin") is True
+    result = admin(ct, "user", "modify", "alice", "--displayname", "Alice A.")
+    assert result.stdout == f"modified @alice:{SERVER}: displayname 'Alice A.'\n"
+
+
+def test_reactivated_user_logs_in_with_the_new_password(ct: Container) -> None:
+    assert login("dave", "dave-pw")[0] == 403  # deactivated by an earlier test
+    result = admin(ct, "user", "modify", "dave", "--reactivate", password="dave-pw-2")
+    assert result.stdout == f"modified @dave:{SERVER}: re-activated, new password\n"
+    assert login("dave", "dave-pw-2")[0] == 200
+
+
+def test_user_show_and_logout_one_device_then_all(ct: Container) -> None:
+    admin(ct, "user", "add", "erin", password="erin-pw")
+    first = client_api("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "erin"},
+        "password": "erin-pw", "initial_device_display_name": "laptop"})[1]
+    second = client_api("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "erin"},
+        "password": "erin-pw", "initial_device_display_name": "phone"})[1]
+    for session in (first, second):
+        assert whoami(session["access_token"]) == 200
+
+    def shown_with_addresses() -> Any:
+        # Synapse writes each device's last address in batches, a few seconds late.
+        shown = json.loads(admin(ct, "user", "show", "erin", "--json").stdout)
+        return shown if all(d["last_ip"] for d in shown["devices"]) else None
+
+    shown = wait_for(shown_with_addresses, timeout=30, what="erin's devices with addresses")
+    assert shown["device_count"] == 2
+    assert {d["device_id"]: d["name"] for d in shown["devices"]} == {
+        first["device_id"]: "laptop", second["device_id"]: "phone"}
+    assert {d["last_ip"] for d in shown["devices"]} == {"127.0.0.1"}
+    text = admin(ct, "user", "show", "erin").stdout
+    assert "devices:      2" in text and "laptop" in text
+    result = admin(ct, "user", "logout", "erin", "--device", first["device_id"])
+    assert result.stdout == f"ended 1 session(s) of @erin:{SERVER}\n"
+    assert whoami(first["access_token"]) == 401
+    assert whoami(second["access_token"]) == 200
+    admin(ct, "user", "logout", "erin")
+    assert whoami(second["access_token"]) == 401
+    assert json.loads(admin(ct, "user", "show", "erin", "--json").stdout)["device_count"] == 0
+
+
+def register_with_token(user: str, token: str) -> int:
+    """Register through the client API's interactive auth, with a registration token."""
+    body: dict[str, Any] = {"username": user, "password": f"{user}-pw"}
+    status, reply = client_api("POST", "/_matrix/client/v3/register", body)
+    for _ in range(3):
+        if status != 401:
+            return status
+        session = reply["session"]
+        done = set(reply.get("completed", []))
+        stages = next(flow["stages"] for flow in reply["flows"]
+                      if "m.login.registration_token" in flow["stages"])
+        stage = next(stage for stage in stages if stage not in done)
+        auth: dict[str, Any] = {"type": stage, "session": session}
+        if stage == "m.login.registration_token":
+            auth["token"] = token
+        status, reply = client_api("POST", "/_matrix/client/v3/register", {**body, "auth": auth})
+    return status
+
+
+def test_registration_tokens_create_accounts_only_as_allowed(ct: Container) -> None:
+    refused = admin(ct, "token", "new", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "matrix-stack-admin: registration is 'disabled', so nobody is asked for a token; "
+        "switch to 'token' with: dpkg-reconfigure matrix-stack\n"
+    )
+    stack.set_stack_value(ct, "registration", "token")
+    ct.run(["matrix-stack-admin", "apply"])
+    stack.wait_for_client_api(ct)
+    made = admin(ct, "token", "new", "--uses", "1", "--expires", "7d").stdout.splitlines()
+    token = made[0]
+    assert made[1] == f"register at: https://element.{SERVER}/#/register"
+    assert register_with_token("frank", token) == 200
+    assert register_with_token("grace", token) == 401
+    listed = json.loads(admin(ct, "token", "list", "--json").stdout)
+    row = next(row for row in listed if row["token"] == token)
+    assert row["uses_allowed"] == 1 and row["uses_left"] == 0 and row["expires"]
+    spare = admin(ct, "token", "new").stdout.splitlines()[0]
+    assert admin(ct, "token", "revoke", spare).stdout == "token revoked\n"
+    assert register_with_token("heidi", spare) == 401
+    assert spare not in admin(ct, "token", "list").stdout
+    stack.set_stack_value(ct, "registration", "disabled")
+    ct.run(["matrix-stack-admin", "apply"])
+    stack.wait_for_client_api(ct)
 
 
 def test_service_account_is_hidden_and_protected(ct: Container) -> None:

@@ -1,0 +1,170 @@
+"""matrix-stack-admin element …: status, fetch, install, rollback; and the postinst's fetch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from matrix_stack.errors import MatrixStackError, UsageError
+
+# The postinst never waits longer than this for Element (a slow or offline network).
+POSTINST_SECONDS = 60.0
+
+
+def add_commands(commands: Any) -> None:
+    """Register the element command and its actions on the top-level subparsers."""
+    element = commands.add_parser(
+        "element",
+        help="install, upgrade or roll back Element web (GPG-verified releases)",
+        description="Manage the Element web client served at https://ELEMENT-DOMAIN/. Releases "
+        "are accepted only with a valid signature by Element's release key, whose fingerprint "
+        "is pinned; the release served stays in place when anything fails.",
+    )
+    actions = element.add_subparsers(dest="element_command", metavar="ACTION", required=True)
+
+    status = actions.add_parser(
+        "status", help="show the installed, previous and configured versions",
+        description="Show the Element release served, the one kept for rollback, and the "
+        "configured version and source.",
+    )
+    status.set_defaults(handler=run_status)
+
+    fetch = actions.add_parser(
+        "fetch", help="download, verify and install a release",
+        description="Download the release tarball and its .asc signature from element_source, "
+        "verify them with gpgv against the pinned key, and serve the release. VERSION is X.Y.Z "
+        "or latest; without it, the configured element_version.",
+    )
+    fetch.add_argument("version", metavar="VERSION", nargs="?", help="X.Y.Z or latest")
+    fetch.set_defaults(handler=run_fetch)
+
+    install = actions.add_parser(
+        "install", help="verify and install a release tarball already on this host",
+        description="Verify a local release tarball with its signature (default TARBALL.asc) "
+        "and serve it.",
+    )
+    install.add_argument("tarball", metavar="TARBALL")
+    install.add_argument(
+        "--signature", metavar="F", help="the detached signature (default: TARBALL.asc)"
+    )
+    install.set_defaults(handler=run_install)
+
+    rollback = actions.add_parser(
+        "rollback", help="serve the previous release again",
+        description="Serve the release that was served before the last install again; the "
+        "current one is kept, so a second rollback undoes the first.",
+    )
+    rollback.set_defaults(handler=run_rollback)
+
+
+def _settings() -> Any:
+    from matrix_stack import answers
+
+    return answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+
+
+def _downloader() -> Any:
+    from matrix_stack.element_download import Downloader, Progress
+
+    return Downloader(progress=Progress())
+
+
+def _installed_line(outcome: Any) -> str:
+    if not outcome.changed:
+        return f"Element {outcome.version} is already installed"
+    kept = (
+        f"; {outcome.replaced} kept for: matrix-stack-admin element rollback"
+        if outcome.replaced
+        else ""
+    )
+    return f"installed Element {outcome.version} (signature verified){kept}"
+
+
+def status_lines(settings: Any, root: Path = Path("/")) -> list[str]:
+    """Return what element status prints: served, previous, configured."""
+    from matrix_stack import element
+    from matrix_stack.element_download import latest_url
+
+    state = element.installed(root)
+    served = (
+        f"installed: Element {state.current}"
+        if state.current
+        else "installed: none (a page saying how to install Element is served); run: "
+        "matrix-stack-admin element fetch"
+    )
+    lines = [served, f"previous:  {state.previous or 'none'}"]
+    lines.append(f"configured: {settings.element_version} from {settings.element_source}")
+    if settings.element_version == "latest":
+        try:
+            where = latest_url(settings)
+        except MatrixStackError as error:
+            where = str(error)
+        lines.append(f"latest is looked up at: {where}")
+    lines.append(f"signing key: {settings.element_key_fingerprint} from {settings.element_key_url}")
+    return lines
+
+
+def run_status(arguments: argparse.Namespace) -> int:
+    for line in status_lines(_settings()):
+        print(line)
+    return 0
+
+
+def run_fetch(arguments: argparse.Namespace) -> int:
+    from matrix_stack import element
+    from matrix_stack.apply import ensure_root
+    from matrix_stack.settings import check_version
+
+    # A SettingsError: a usage error, exit 2.
+    requested = None if arguments.version is None else check_version("VERSION", arguments.version)
+    ensure_root()
+    outcome = element.fetch(_settings(), requested, downloader=_downloader())
+    print(_installed_line(outcome))
+    return 0
+
+
+def run_install(arguments: argparse.Namespace) -> int:
+    from matrix_stack import element
+    from matrix_stack.apply import ensure_root
+
+    tarball = Path(arguments.tarball)
+    signature = Path(arguments.signature or f"{arguments.tarball}.asc")
+    for path in (tarball, signature):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    ensure_root()
+    outcome = element.install(_settings(), tarball.resolve(), signature.resolve(),
+                              downloader=_downloader())
+    print(_installed_line(outcome))
+    return 0
+
+
+def run_rollback(arguments: argparse.Namespace) -> int:
+    from matrix_stack import element
+    from matrix_stack.apply import ensure_root
+
+    ensure_root()
+    now, before = element.rollback()
+    print(f"serving Element {now} again; {before or 'the placeholder'} kept for another rollback")
+    return 0
+
+
+def postinst_lines(root: Path = Path("/")) -> list[str]:
+    """Install the configured Element if none (or another pinned version) is served.
+
+    Never raises: the package configuration must not fail for lack of a network.
+    """
+    from matrix_stack import answers, element
+    from matrix_stack.element_download import Deadline, Downloader
+
+    try:
+        settings = answers.load_settings(answers.read_stack(root), "debconf", root)
+        current = element.installed(root).current
+        if current is not None and settings.element_version in ("latest", current):
+            return []
+        downloader = Downloader(Deadline(POSTINST_SECONDS))
+        return [_installed_line(element.fetch(settings, root=root, downloader=downloader))]
+    except Exception as error:  # noqa: BLE001 - any failure is one warning, never a failed install
+        reason = str(error) if isinstance(error, MatrixStackError) else repr(error)
+        return [f"Element not installed ({reason}); retry with: matrix-stack-admin element fetch"]

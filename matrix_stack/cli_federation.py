@@ -1,0 +1,169 @@
+"""matrix-stack-admin federation list | allow | deny | mode | key-servers | check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from matrix_stack.errors import MatrixStackError
+
+MODES = ("allow-list", "open", "off")
+
+
+def add_commands(commands: Any) -> None:
+    """Register the federation command and its actions on the top-level subparsers."""
+    federation = commands.add_parser(
+        "federation", help="which servers this one federates with, and a federation tester"
+    )
+    actions = federation.add_subparsers(dest="federation_command", metavar="ACTION",
+                                        required=True)
+
+    listing = actions.add_parser(
+        "list", help="show the federation mode and the allowed servers",
+        description="Show the federation mode, the servers on the allow-list and which of "
+        "them are trusted key servers, as /etc/matrix-stack/stack.yaml has them.",
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON object")
+    listing.set_defaults(handler=run_list)
+
+    allow = actions.add_parser(
+        "allow", help="add servers to the allow-list and apply",
+        description="Add server names (with an optional :port) to federation_domains in "
+        "/etc/matrix-stack/stack.yaml, then apply: Synapse restarts, nothing else.",
+    )
+    allow.add_argument("domains", nargs="+", metavar="DOMAIN", help="a server name")
+    allow.add_argument("--key-server", action="store_true",
+                       help="also trust these servers as key servers")
+    allow.set_defaults(handler=run_allow)
+
+    deny = actions.add_parser(
+        "deny", help="remove servers from the allow-list (and the key servers) and apply",
+        description="Remove server names from federation_domains and federation_key_servers "
+        "in /etc/matrix-stack/stack.yaml, then apply.",
+    )
+    deny.add_argument("domains", nargs="+", metavar="DOMAIN", help="a server name")
+    deny.set_defaults(handler=run_deny)
+
+    mode = actions.add_parser(
+        "mode", help="allow-list, open or off, and apply",
+        description="Set the federation mode: allow-list (only the listed servers), open "
+        "(every server; matrix.org is a trusted key server) or off (no federation at all). "
+        "Element's default for new rooms follows.",
+    )
+    mode.add_argument("mode", choices=MODES, metavar="MODE", help="allow-list, open or off")
+    mode.set_defaults(handler=run_mode)
+
+    key_servers = actions.add_parser(
+        "key-servers", help="list the servers trusted to vouch for other servers' keys",
+        description="List the trusted key servers Synapse asks for other servers' signing "
+        "keys; none means keys are fetched from each server itself.",
+    )
+    key_servers.add_argument("--json", action="store_true", help="print a JSON list")
+    key_servers.set_defaults(handler=run_key_servers)
+
+    check = actions.add_parser(
+        "check", help="test a server's federation as another server would reach it",
+        description="Resolve SERVER (default: this server) as Matrix servers do (.well-known, "
+        "SRV _matrix-fed._tcp then _matrix._tcp, else port 8448), then for every address "
+        "check the TLS certificate against this system's trust store, the signed keys at "
+        "/_matrix/key/v2/server and /_matrix/federation/v1/version, and last whether this "
+        "server's allow-list admits SERVER. One line per check; exit status 1 if any failed.",
+    )
+    check.add_argument("server", nargs="?", metavar="SERVER", help="a server name[:port]")
+    check.add_argument("--json", action="store_true", help="print the checks as JSON")
+    check.set_defaults(handler=run_check)
+
+
+def _settings() -> Any:
+    from matrix_stack import answers
+
+    return answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+
+
+def run_list(arguments: argparse.Namespace) -> int:
+    from matrix_stack.federation import describe, describe_lines
+
+    settings = _settings()
+    if arguments.json:
+        print(json.dumps(describe(settings), indent=2))
+    else:
+        for line in describe_lines(settings):
+            print(line)
+    return 0
+
+
+def run_key_servers(arguments: argparse.Namespace) -> int:
+    settings = _settings()
+    names = list(settings.trusted_key_servers)
+    if arguments.json:
+        print(json.dumps(names))
+    elif names:
+        for name in names:
+            print(name)
+    else:
+        print("none: each server's keys are fetched from that server itself")
+    return 0
+
+
+def _change(edit: Any) -> int:
+    from matrix_stack.apply import ensure_root
+    from matrix_stack.federation import change_stack
+
+    ensure_root()
+    change, lines = change_stack(edit)
+    for note in change.notes:
+        print(note)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def run_allow(arguments: argparse.Namespace) -> int:
+    from matrix_stack.federation import allow
+
+    return _change(lambda stack: allow(stack, arguments.domains, arguments.key_server))
+
+
+def run_deny(arguments: argparse.Namespace) -> int:
+    from matrix_stack.federation import deny
+
+    return _change(lambda stack: deny(stack, arguments.domains))
+
+
+def run_mode(arguments: argparse.Namespace) -> int:
+    from matrix_stack.federation import set_mode
+
+    return _change(lambda stack: set_mode(stack, arguments.mode))
+
+
+def own_server_name() -> str | None:
+    """Return this server's name from stack.yaml, else from Synapse's own file."""
+    from matrix_stack import answers
+    from matrix_stack.servername import synapse_server_name
+
+    try:
+        name = answers.read_stack().get("server_name")
+    except MatrixStackError:
+        name = None
+    return str(name).lower() if name else synapse_server_name()
+
+
+def run_check(arguments: argparse.Namespace) -> int:
+    from matrix_stack.federation_check import report_json, run_check, synapse_allow_list
+    from matrix_stack.federation_resolve import Network, Status, parse_server_name
+
+    own = own_server_name()
+    if not arguments.server and own is None:
+        raise MatrixStackError("this server has no name yet: give the SERVER to check")
+    server = parse_server_name(arguments.server or str(own))
+    results = run_check(server, Network(), lambda name: synapse_allow_list(name, own))
+    failed = [result for result in results if result.status is Status.FAIL]
+    if arguments.json:
+        print(report_json(server, results))
+    else:
+        for result in results:
+            print(result.line())
+        print(f"{server}: every check passed" if not failed
+              else f"{server}: {len(failed)} of {len(results)} checks failed")
+    return 1 if failed else 0

@@ -1,0 +1,114 @@
+"""matrix-stack-admin proxy-config traefik|haproxy: this stack behind an outside proxy.
+
+The proxy terminates TLS on 443 (client API, /.well-known/matrix, Element) and 8448
+(federation) and forwards plain HTTP to Apache, which matrix-stack/behind-proxy makes listen
+on port 80 for the proxy's addresses only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from typing import Any
+
+from matrix_stack.errors import UsageError
+from matrix_stack.settings import Settings
+
+PROXIES = ("traefik", "haproxy")
+TEMPLATES = {"traefik": "proxy-traefik.yaml.j2", "haproxy": "proxy-haproxy.cfg.j2"}
+BACKEND_PORT = 80
+
+
+def add_commands(commands: Any) -> None:
+    """Register the proxy-config command on the top-level subparsers."""
+    parser = commands.add_parser(
+        "proxy-config", help="print a Traefik or HAProxy configuration for this stack",
+        description="Print a ready configuration for an outside reverse proxy in front of "
+        "this stack: TLS and HTTP/2 on 443 (client API, .well-known, Element) and 8448 "
+        "(federation), X-Forwarded-For and X-Forwarded-Proto set, the Host header and "
+        "encoded paths passed on unchanged to Apache's plain HTTP port 80 "
+        "(matrix-stack/behind-proxy).",
+    )
+    parser.add_argument("proxy", choices=PROXIES, metavar="PROXY", help="traefik or haproxy")
+    parser.add_argument(
+        "--backend", metavar="HOST[:PORT]",
+        help="where the proxy reaches this host's Apache (default: 127.0.0.1:80 when "
+        "proxy_addresses are loopback only, else this host's address on its default route)",
+    )
+    parser.set_defaults(handler=run_proxy_config)
+
+
+def default_backend(settings: Settings) -> str:
+    """Return where the proxy reaches Apache: loopback for a proxy on this host, else ours."""
+    from matrix_stack.host import default_route_address
+
+    networks = [ipaddress.ip_network(address) for address in settings.proxy_addresses]
+    if all(network.is_loopback for network in networks):
+        return f"127.0.0.1:{BACKEND_PORT}"
+    address = default_route_address()
+    if not address:
+        raise UsageError("this host has no default route: name the address the proxy "
+                         "connects to with --backend HOST[:PORT]")
+    return f"{address}:{BACKEND_PORT}"
+
+
+def check_backend(value: str) -> str:
+    """Return HOST:PORT (port 80 when omitted; IPv6 in brackets), or raise UsageError."""
+    from matrix_stack.settings import check_dns_name
+
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or str(BACKEND_PORT)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise UsageError(f"--backend {value}: not an IPv6 address in brackets") from None
+        host = f"[{host}]"
+    else:
+        host, _, port = text.partition(":")
+        port = port or str(BACKEND_PORT)
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            host = check_dns_name("--backend", host)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--backend {value}: the port must be 1-65535")
+    return f"{host}:{int(port)}"
+
+
+def render_proxy_config(settings: Settings, proxy: str, backend: str) -> str:
+    """Return the proxy's configuration text for this stack."""
+    import jinja2
+
+    from matrix_stack.render import TEMPLATES_DIR
+
+    names = list(dict.fromkeys((settings.server_name, settings.element_domain)))
+    hosts = " || ".join(f"Host(`{name}`)" for name in names)
+    context = {
+        "s": settings,
+        "backend": backend,
+        "names": names,
+        "client_rule": hosts,
+        "federation_rule": f"Host(`{settings.server_name}`) && PathPrefix(`/_matrix`)",
+    }
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False,
+    )
+    return environment.get_template(TEMPLATES[proxy]).render(context)
+
+
+def run_proxy_config(arguments: argparse.Namespace) -> int:
+    from matrix_stack import answers
+
+    settings = answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    backend = check_backend(arguments.backend) if arguments.backend else default_backend(
+        settings)
+    print(render_proxy_config(settings, arguments.proxy, backend), end="")
+    if not settings.behind_proxy:
+        print("warning: Apache still serves TLS itself; answer yes to matrix-stack/behind-proxy "
+              "(dpkg-reconfigure matrix-stack) so that it serves this proxy on port 80",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,235 @@
+"""matrix-stack-admin doctor: every check of the stack in one run, one line each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from matrix_stack.errors import MatrixStackError
+
+CERTIFICATE_WARNING_DAYS = 14
+MEDIA_PATH = Path("/var/lib/matrix-synapse")
+FREE_SPACE_WARNING = 2 * 1024**3  # bytes
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: ok, a warning (still ok), or a failure with a hint."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+    warning: bool = False
+
+    def line(self) -> str:
+        mark = "!" if self.warning else ("✓" if self.ok else "✗")
+        hint = f" — {self.hint}" if self.hint and (self.warning or not self.ok) else ""
+        return f"{mark} {self.name}: {self.detail}{hint}"
+
+
+def add_commands(commands: Any) -> None:
+    """Register the doctor command on the top-level subparsers."""
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the whole stack, one line per check",
+        description="Check services, ports, certificates, generated files, Synapse, "
+        "federation, TURN, Element and free disk space. Exit status 1 when a check fails.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print JSON for scripts")
+    doctor.set_defaults(handler=run_doctor)
+
+
+def _run(argv: list[str]) -> Any:
+    from matrix_stack.run import run
+
+    return run(argv, check=False, timeout=60)
+
+
+def check_services(settings: Any) -> list[Check]:
+    units = ["matrix-synapse", "apache2"] + (["coturn"] if settings.turn_enable else [])
+    checks = []
+    for unit in units:
+        state = _run(["systemctl", "is-active", f"{unit}.service"]).stdout.strip()
+        checks.append(Check(f"service {unit}", state == "active", state or "unknown",
+                            f"see: journalctl -u {unit}"))
+    return checks
+
+
+def check_ports(settings: Any) -> list[Check]:
+    tcp = _run(["ss", "-Hltn"]).stdout
+    udp = _run(["ss", "-Hlun"]).stdout
+    wanted = [("tcp", "127.0.0.1:8008", "matrix-synapse")]
+    if settings.behind_proxy:
+        wanted.append(("tcp", ":80", "apache2"))
+    else:
+        wanted += [("tcp", ":443", "apache2"), ("tcp", ":8448", "apache2")]
+    if settings.turn_enable:
+        wanted += [("udp", ":3478", "coturn"), ("tcp", ":3478", "coturn")]
+    checks = []
+    for protocol, address, unit in wanted:
+        table = tcp if protocol == "tcp" else udp
+        listening = any(
+            line.split()[3].endswith(address) if address.startswith(":")
+            else line.split()[3] == address
+            for line in table.splitlines() if len(line.split()) > 3
+        )
+        checks.append(Check(f"port {address.lstrip(':')}/{protocol}", listening,
+                            "listening" if listening else "nothing listens",
+                            f"see: systemctl status {unit}"))
+    return checks
+
+
+def check_certificate(settings: Any) -> list[Check]:
+    from matrix_stack.tls import certificate_paths
+
+    paths = certificate_paths(settings)
+    if paths is None:
+        domains = Path("/var/lib/apache2/md/domains") / settings.server_name / "pubcert.pem"
+        if not domains.exists():
+            return [Check("certificate", True, "ACME: not obtained yet (mod_md retries)",
+                          "ports 80 and 443 must be reachable from the Internet", warning=True)]
+        paths = (str(domains), "")
+    result = _run(["openssl", "x509", "-in", paths[0], "-noout", "-enddate"])
+    if result.returncode != 0:
+        return [Check("certificate", False, f"{paths[0]} cannot be read",
+                      "check matrix-stack/tls-cert")]
+    ends = result.stdout.strip().removeprefix("notAfter=")
+    expiry = time.mktime(time.strptime(ends, "%b %d %H:%M:%S %Y %Z")) - time.timezone
+    days = int((expiry - time.time()) // 86400)
+    if days < 0:
+        return [Check("certificate", False, f"expired on {ends}", "renew it")]
+    return [Check("certificate", True, f"valid for {days} more days ({paths[0]})",
+                  "renew it soon", warning=days < CERTIFICATE_WARNING_DAYS)]
+
+
+def check_files(settings: Any) -> list[Check]:
+    from matrix_stack.apply import apply
+    from matrix_stack.files import Outcome
+
+    checks = []
+    for plan in apply(settings, dry_run=True).plans:
+        name = f"file {plan.spec.path}"
+        if plan.outcome is Outcome.UNCHANGED:
+            checks.append(Check(name, True, "in step with stack.yaml"))
+        elif plan.outcome is Outcome.KEPT_LOCAL:
+            checks.append(Check(name, True, "edited locally (kept by ucf)",
+                                "apply writes the new version beside it as .ucf-dist",
+                                warning=True))
+        elif plan.outcome is Outcome.KEPT_DELETED:
+            checks.append(Check(name, False, "deleted", "restore it, or run: ucf --purge"))
+        else:
+            checks.append(Check(name, False, "differs from stack.yaml",
+                                "run: matrix-stack-admin apply"))
+    return checks
+
+
+def check_synapse() -> list[Check]:
+    from matrix_stack.synapse_api import Synapse
+
+    synapse = Synapse(timeout=10)
+    try:
+        version = synapse.request("GET", "/_synapse/admin/v1/server_version",
+                                  authenticated=False)["server_version"]
+        synapse.request("GET", "/_matrix/client/versions", authenticated=False)
+    except MatrixStackError as error:
+        return [Check("synapse", False, str(error), "see: journalctl -u matrix-synapse")]
+    return [Check("synapse", True, f"Synapse {version} answers on 127.0.0.1:8008")]
+
+
+def check_captured(name: str, run: Callable[[Callable[[str], None]], bool]) -> list[Check]:
+    """Run a multi-line check (TURN, federation) and report it as one line."""
+    lines: list[str] = []
+    try:
+        ok = run(lines.append)
+    except MatrixStackError as error:
+        return [Check(name, False, str(error))]
+    failed = [line for line in lines if line.startswith("✗")]
+    detail = failed[0].lstrip("✗ ") if failed else f"{len(lines)} steps passed"
+    return [Check(name, ok, detail, f"run: matrix-stack-admin {name} for every step")]
+
+
+def check_turn(settings: Any) -> list[Check]:
+    if not settings.turn_enable:
+        return []
+    from matrix_stack.turn_check import coturn_running, run_checks
+    from matrix_stack.turn_config import load_turn_config
+
+    def turn(out: Callable[[str], None]) -> bool:
+        return run_checks(load_turn_config(), running=coturn_running(), out=out)
+
+    return check_captured("turn test", turn)
+
+
+def check_element(settings: Any) -> list[Check]:
+    from matrix_stack import element
+
+    served = element.installed().current
+    if served is None:
+        return [Check("element", False, "not installed (a placeholder page is served)",
+                      "run: matrix-stack-admin element fetch")]
+    wanted = settings.element_version
+    if wanted not in ("latest", served):
+        return [Check("element", True, f"{served} served, {wanted} configured",
+                      "run: matrix-stack-admin element fetch", warning=True)]
+    return [Check("element", True, f"{served} served ({wanted} configured)")]
+
+
+def check_disk() -> list[Check]:
+    usage = shutil.disk_usage(MEDIA_PATH if MEDIA_PATH.exists() else Path("/"))
+    free = usage.free / 1024**3
+    low = usage.free < FREE_SPACE_WARNING or usage.free < usage.total * 0.05
+    return [Check("disk", True, f"{free:.1f} GiB free for Synapse's database and media",
+                  "free some space", warning=low)]
+
+
+def run_doctor(arguments: argparse.Namespace) -> int:
+    from matrix_stack import answers
+    from matrix_stack.apply import ensure_root
+
+    ensure_root()
+    settings = answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    checks: list[Check] = []
+    steps: tuple[Callable[[], list[Check]], ...] = (
+        lambda: check_services(settings), lambda: check_ports(settings),
+        lambda: check_certificate(settings), lambda: check_files(settings), check_synapse,
+        lambda: federation_checks(settings), lambda: check_turn(settings),
+        lambda: check_element(settings), check_disk,
+    )
+    for step in steps:
+        found = step()
+        checks.extend(found)
+        if not arguments.json:
+            for check in found:
+                print(check.line(), flush=True)
+    if arguments.json:
+        json.dump([asdict(check) for check in checks], sys.stdout, indent=2)
+        print()
+    return 0 if all(check.ok for check in checks) else 1
+
+
+def federation_checks(settings: Any) -> list[Check]:
+    """The federation self-check of this server, as another server would run it."""
+    if settings.federation == "off":
+        return [Check("federation", True, "off (matrix-stack/federation)")]
+    from matrix_stack.federation_check import run_check
+    from matrix_stack.federation_resolve import Network, Status, parse_server_name
+
+    results = run_check(parse_server_name(settings.server_name), Network())
+    failed = [result for result in results if result.status is Status.FAIL]
+    if not failed:
+        return [Check("federation", True, f"{len(results)} checks passed (federation check)")]
+    hint = "run: matrix-stack-admin federation check"
+    if settings.tls == "self-signed" and all(
+        result.check == "tls" and "self-signed" in result.detail for result in failed
+    ):
+        # Expected with a self-signed certificate: only servers told to trust it federate.
+        return [Check("federation", True, failed[0].detail, hint, warning=True)]
+    return [Check("federation", False, failed[0].line().lstrip("✗ "), hint)]

@@ -12,7 +12,8 @@ BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject po-debconf python3-al
 TEST_DEPS := lintian mmdebstrap systemd-container ucf openssl python3-venv python3-pytest \
 	python3-jinja2 python3-yaml python3-bcrypt python3-debian python3-debconf \
 	python3-requests python3-signedjson python3-nacl python3-pexpect python3-psycopg2 \
-	postgresql iproute2
+	postgresql iproute2 python3-aioice gnupg gpgv python3-dnspython python3-unpaddedbase64 \
+	python3-brotli wrk nghttp2-client gettext
 PIP_TOOLS := ruff mypy types-PyYAML matrix-nio
 
 .PHONY: all deps deb base-image unit lint system check bench demo demo-stop clean
@@ -28,11 +29,12 @@ deps:
 deb: $(DEB)
 
 $(DEB): $(shell find matrix_stack templates data bin doc debian -type f) setup.cfg pyproject.toml
-	debconf-updatepo
-	dpkg-buildpackage -us -uc -b
-	mkdir -p out
-	mv ../matrix-stack_$(VERSION)_all.deb ../matrix-stack_$(VERSION)_*.buildinfo \
-		../matrix-stack_$(VERSION)_*.changes out/
+	# One build at a time in this tree (dpkg-buildpackage shares debian/ and .pybuild/).
+	flock /run/lock/matrix-stack-build.lock sh -ec 'debconf-updatepo; \
+		dpkg-buildpackage -us -uc -b; mkdir -p out; \
+		mv ../matrix-stack_$(VERSION)_all.deb ../matrix-stack_$(VERSION)_*.buildinfo \
+			../matrix-stack_$(VERSION)_*.changes out/'
+
 
 # The cached Debian sid root: booted by the system tests; the unit tests also read
 # Synapse's own source and schema from it.
@@ -43,7 +45,7 @@ unit:
 	$(PYTHON) -m pytest -q tests/unit
 
 lint: $(DEB)
-	$(PYTHON) -m ruff check matrix_stack tests bin/matrix-stack-admin
+	$(PYTHON) -m ruff check matrix_stack tests tools bin/matrix-stack-admin
 	$(PYTHON) -m mypy matrix_stack tests/unit
 	for script in debian/matrix-stack.config debian/matrix-stack.postinst \
 		debian/matrix-stack.prerm debian/matrix-stack.postrm; do sh -n $$script || exit 1; done
@@ -63,6 +65,8 @@ check: deps
 bench: $(DEB)
 	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
 		$(PYTHON) -m tests.bench.bench
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
+		$(PYTHON) -m tests.bench.bench_serving
 
 demo: deps
 	$(MAKE) deb

@@ -76,8 +76,17 @@ ANSWERS: tuple[Answer, ...] = (
 BOOTSTRAP_QUESTIONS = ("matrix-stack/admin-user", "matrix-stack/admin-password")
 
 # Kept in stack.yaml only (no question yet): the outside proxy allowed to set X-Forwarded-*,
-# and the database (only SQLite until PostgreSQL support lands).
-FILE_ONLY_KEYS = ("proxy_addresses", "database")
+# the database (only SQLite until PostgreSQL support lands), Element's signing key URL and
+# pinned fingerprint, and where "latest" is looked up (empty: derived from element_source).
+FILE_ONLY_KEYS: tuple[str, ...] = (
+    "proxy_addresses",
+    "database",
+    "element_key_url",
+    "element_key_fingerprint",
+    "element_latest_url",
+    # Peers also trusted as key servers (matrix-stack-admin federation allow --key-server).
+    "federation_key_servers",
+)
 
 QUESTION_OF_KEY = {answer.key: answer.question for answer in ANSWERS}
 

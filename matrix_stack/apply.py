@@ -108,7 +108,7 @@ def apply(
     name_written = False if dry_run else ensure_server_name(settings, root, set_synapse_answer)
     secrets = read_secrets(root) if dry_run else ensure_secrets(root)
     certificate_changed = False if dry_run else ensure_self_signed(settings, root)
-    specs = render_all(settings, secrets, gather_facts(settings))
+    specs = render_all(settings, secrets, gather_facts(settings, root))
     ucf = UcfState(root, debconf_ok=debconf_ok)
     plans = [files.plan_file(spec, root, ucf) for spec in specs]
     report.plans = plans
@@ -152,15 +152,13 @@ def apply(
         units.add("matrix-synapse")
     if newly_enabled:
         units.add("apache2")
-    stop: tuple[str, ...] = ()
     if not settings.turn_enable:
         units.discard("coturn")
-        # Only the real system's coturn: a temporary root has no services.
-        stop = ("coturn",) if root == Path("/") and _unit_active("coturn") else ()
     order = [unit for unit in ("matrix-synapse", "coturn", "apache2") if unit in units]
     failed: list[str] = []
     if root == Path("/"):
-        report.actions, failed = services.restart(order, stop=stop)
+        report.actions, failed = services.restart(order)
+        report.actions += services.set_turn_service(settings.turn_enable, root)
     if failed:
         hint = "; ".join(f"see: journalctl -u {unit}" for unit in failed)
         if not services.in_maintainer_script():
@@ -184,15 +182,6 @@ def apply(
         ):
             ucf.register(plan.spec)
     return report
-
-
-def _unit_active(unit: str) -> bool:
-    from matrix_stack.run import run
-
-    if not services.SYSTEMD_RUNNING.exists():
-        return False
-    result = run(["systemctl", "is-active", "--quiet", f"{unit}.service"], check=False)
-    return result.returncode == 0
 
 
 def ensure_root() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -12,7 +13,32 @@ from matrix_stack.errors import MatrixStackError
 PROGRAM = "matrix-stack-admin"
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The commands defined in other modules, in --help order, with their one-line help. Only the
+# command being run is imported and built, so that start-up stays fast (test_cli checks these
+# lines equal the modules' own).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "user": ("cli_users", "add, list, deactivate accounts"),
+    "passwd": ("cli_passwd", "set a user's password (online, or offline when Synapse is stopped)"),
+    "token": ("cli_tokens", "registration tokens (registration mode token)"),
+    "element": (
+        "cli_element", "install, upgrade or roll back Element web (GPG-verified releases)"
+    ),
+    "turn": ("cli_turn", "TURN credentials and a self-test of coturn"),
+    "federation": (
+        "cli_federation", "which servers this one federates with, and a federation tester"
+    ),
+    "proxy-config": ("proxy_config", "print a Traefik or HAProxy configuration for this stack"),
+    "doctor": ("doctor", "check the whole stack, one line per check"),
+}
+
+
+def selected_command(argv: Sequence[str]) -> str | None:
+    """Return the command named on the command line, if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Return the parser: every command in full, or (given argv) only the one being run."""
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Administer the Matrix stack set up by the matrix-stack package.",
@@ -34,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply_parser.set_defaults(handler=run_apply)
 
-    from matrix_stack import cli_users
-
-    cli_users.add_commands(commands)
+    wanted = None if argv is None else selected_command(argv)
+    for name, (module, summary) in COMMANDS.items():
+        if argv is None or name == wanted:
+            importlib.import_module(f"matrix_stack.{module}").add_commands(commands)
+        else:
+            commands.add_parser(name, help=summary)
     return parser
 
 
@@ -61,8 +90,9 @@ def run_apply(arguments: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
+    arguments_given = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(arguments_given)
+    arguments = parser.parse_args(arguments_given)
     try:
         return int(arguments.handler(arguments))
     except MatrixStackError as error:

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         server_name = answers.load_settings(answers.read_stack(), "debconf").server_name
         for line in bootstrap(session, server_name):
             print(f"{PROGRAM}: {line}", file=sys.stderr)
+        from matrix_stack.cli_element import postinst_lines
+
+        for line in postinst_lines():  # never raises: Element is fetched best-effort
+            print(f"{PROGRAM}: {line}", file=sys.stderr)
     except MatrixStackError as error:
         session.set("matrix-stack/admin-password", "")
         print(f"{PROGRAM}: {error}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ class Facts:
 
     listening_ip: str = ""
     external_ip: str = ""
+    country_code: str = ""  # of the system locale (Element's default for phone numbers)
 
 
 def default_route_address(family: socket.AddressFamily = socket.AF_INET) -> str:
@@ -31,13 +34,58 @@ def default_route_address(family: socket.AddressFamily = socket.AF_INET) -> str:
         return ""
 
 
-def gather_facts(settings: Settings) -> Facts:
-    """Return the TURN addresses: the admin's answers, else the default route's address."""
+def locale_country_code(root: Path = Path("/")) -> str:
+    """Return the country of the system locale (/etc/default/locale: en_GB.UTF-8 gives GB)."""
+    for name in ("etc/default/locale", "etc/locale.conf"):
+        try:
+            text = (root / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        values = {}
+        for line in text.splitlines():
+            key, separator, value = line.strip().partition("=")
+            if separator:
+                values[key] = value.strip().strip("\"'")
+        locale = values.get("LC_ALL") or values.get("LANG") or ""
+        match = re.match(r"[a-z]{2,3}_([A-Z]{2})\b", locale)
+        return match.group(1) if match else ""
+    return ""
+
+
+def gather_facts(settings: Settings, root: Path | None = None) -> Facts:
+    """Return the TURN addresses: the admin's answers, else the default route's address.
+
+    With a root, the system locale's country is read under it too.
+    """
     detected = ""
     if not settings.turn_listening_ip or not settings.turn_external_ip:
-        detected = default_route_address()
+        detected = default_route_address() or default_route_address(socket.AF_INET6)
     listening = settings.turn_listening_ip or detected
-    return Facts(listening_ip=listening, external_ip=settings.turn_external_ip or listening)
+    return Facts(
+        listening_ip=listening,
+        external_ip=settings.turn_external_ip or listening,
+        country_code=locale_country_code(root) if root is not None else "",
+    )
+
+
+# Addresses no client outside the local network can reach (RFC 1918, CGNAT RFC 6598,
+# loopback, link-local, ULA): a TURN server announcing one needs external-ip PUBLIC/PRIVATE.
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+        "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
+    )
+)
+
+
+def is_private_address(address: str) -> bool:
+    """Return whether address is private (unreachable from the Internet by design)."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in PRIVATE_NETWORKS)
 
 
 def synapse_has_database(root: Path = Path("/")) -> Path | None:

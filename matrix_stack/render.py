@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 
 from matrix_stack.files import FileSpec
-from matrix_stack.host import Facts
+from matrix_stack.host import Facts, is_private_address
 from matrix_stack.secrets import REGISTRATION_SECRET_PATH, TURN_SECRET_PATH, Secrets
 from matrix_stack.settings import FederationMode, RegistrationMode, Settings
 from matrix_stack.tls import certificate_paths
@@ -32,6 +32,21 @@ DENIED_PEER_NETWORKS = (
     "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
     "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
     "2001::/23", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+)
+
+
+# Element's files compressed at install time, and the media type each copy is served as.
+PRECOMPRESSED_TYPES = (
+    ("js", "text/javascript"),
+    ("mjs", "text/javascript"),
+    ("css", "text/css"),
+    ("html", "text/html; charset=utf-8"),
+    ("json", "application/json"),
+    ("svg", "image/svg+xml"),
+    ("wasm", "application/wasm"),
+    ("txt", "text/plain; charset=utf-8"),
+    ("map", "application/json"),
+    ("ttf", "font/ttf"),
 )
 
 
@@ -61,7 +76,13 @@ def allowed_peers(facts: Facts) -> list[str]:
     return [address for address in dict.fromkeys(addresses) if address]
 
 
-def render_element_config(settings: Settings) -> str:
+def turn_address_private(settings: Settings, facts: Facts) -> bool:
+    """Return whether coturn would announce a detected private address (NAT, no answer)."""
+    public = facts.external_ip.split("/")[0]
+    return not settings.turn_external_ip and bool(public) and is_private_address(public)
+
+
+def render_element_config(settings: Settings, country_code: str = "") -> str:
     """Return Element's config.json: this homeserver only, matching the registration policy."""
     config: dict[str, Any] = {
         "default_server_config": {
@@ -73,11 +94,15 @@ def render_element_config(settings: Settings) -> str:
         "disable_custom_urls": False,
         "disable_guests": True,
         "default_federate": settings.federation is not FederationMode.OFF,
+        "brand": "Element",
+        "default_theme": "light",
         "room_directory": {"servers": [settings.server_name]},
         "setting_defaults": {
             "UIFeature.registration": settings.registration is not RegistrationMode.DISABLED
         },
     }
+    if country_code:  # else Element's own default (GB)
+        config["default_country_code"] = country_code
     return json.dumps(config, indent=2) + "\n"
 
 
@@ -104,11 +129,13 @@ def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[File
         "turn_secret_path": str(TURN_SECRET_PATH),
         "denied_ranges": denied_ranges(),
         "allowed_peers": allowed_peers(facts),
+        "turn_address_private": turn_address_private(settings, facts),
         "well_known_dir": str(WELL_KNOWN_DIR / "matrix"),
         "element_dir": str(ELEMENT_DIR),
         "element_root": str(ELEMENT_ROOT),
         "element_config": str(ELEMENT_CONFIG_PATH),
         "element_config_dir": str(ELEMENT_CONFIG_PATH.parent),
+        "precompressed_types": PRECOMPRESSED_TYPES,
     }
 
     def render(name: str) -> str:
@@ -118,7 +145,7 @@ def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[File
         FileSpec(SYNAPSE_CONF_PATH, render("synapse.yaml.j2"), 0o600, "matrix-synapse", "root"),
         FileSpec(TURNSERVER_CONF_PATH, render("turnserver.conf.j2"), 0o640, "root", "turnserver"),
         FileSpec(APACHE_SITE_PATH, render("apache-site.conf.j2")),
-        FileSpec(ELEMENT_CONFIG_PATH, render_element_config(settings)),
+        FileSpec(ELEMENT_CONFIG_PATH, render_element_config(settings, facts.country_code)),
     ]
     for name, text in render_well_known(settings).items():
         files.append(FileSpec(WELL_KNOWN_DIR / "matrix" / name, text))

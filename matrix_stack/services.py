@@ -29,6 +29,8 @@ APACHE_MODS_ENABLED = Path("/etc/apache2/mods-enabled")
 # Debian's "It works" site; see _default_site_shadows.
 DEFAULT_SITE = "000-default"
 APACHE_SITES_RECORD = Path("/var/lib/matrix-stack/apache-sites-disabled")
+# coturn disabled because TURN was turned off; purge and TURN on enable it again.
+COTURN_DISABLED_RECORD = Path("/var/lib/matrix-stack/coturn-disabled")
 
 # Load the configuration exactly as the unit's ExecStartPre does (generating a missing signing
 # key as the matrix-synapse user), without starting the server.
@@ -86,11 +88,11 @@ def validate_synapse(candidate: str, candidate_name: str) -> None:
 
 def apache_modules(settings: Settings) -> tuple[str, ...]:
     """Return the Apache modules the rendered site needs."""
-    modules = ["proxy", "proxy_http", "headers", "alias"]
+    modules = ["proxy", "proxy_http", "headers", "alias", "rewrite", "deflate", "filter"]
     if settings.behind_proxy:
         modules.append("remoteip")
     else:
-        modules.append("ssl")
+        modules += ["ssl", "http2"]
     if settings.tls is TlsMode.ACME and not settings.behind_proxy:
         modules.append("md")
     return tuple(modules)
@@ -185,8 +187,8 @@ def validate_apache() -> None:
         raise ValidationError(f"Apache refuses the configuration: {last_line(result.stderr)}")
 
 
-def restart(units: Iterable[str], *, stop: Iterable[str] = ()) -> tuple[list[str], list[str]]:
-    """Restart (Apache: reload) each unit and stop the others.
+def restart(units: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Restart (Apache: reload) each unit.
 
     Return one line per action, and the units that failed to start. Inside a maintainer
     script this goes through deb-systemd-invoke, which honours policy-rc.d. Without a
@@ -205,7 +207,36 @@ def restart(units: Iterable[str], *, stop: Iterable[str] = ()) -> tuple[list[str
             failed.append(unit)
             continue
         lines.append(f"{action} {unit}")
-    for unit in stop:
-        run([*tool, "stop", f"{unit}.service"], check=False, timeout=180)
-        lines.append(f"stop {unit}")
     return lines, failed
+
+
+def set_turn_service(enabled: bool, root: Path = Path("/")) -> list[str]:
+    """TURN off: stop and disable coturn (recorded); TURN on again: undo exactly that.
+
+    A coturn the administrator disabled themselves is left alone.
+    """
+    if not SYSTEMD_RUNNING.exists():
+        return []
+    record = host_path(COTURN_DISABLED_RECORD, root)
+    maintainer = in_maintainer_script()
+    if not enabled:
+        state = run(["systemctl", "is-enabled", "coturn.service"], check=False).stdout.strip()
+        if state != "enabled":
+            return []
+        if maintainer:
+            run(["deb-systemd-helper", "disable", "coturn.service"], check=False)
+            run(["deb-systemd-invoke", "stop", "coturn.service"], check=False, timeout=180)
+        else:
+            run(["systemctl", "disable", "--now", "coturn.service"], check=False, timeout=180)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text("coturn was disabled by matrix-stack (matrix-stack/turn-enable)\n")
+        return ["stop and disable coturn (TURN is off)"]
+    if not record.exists():
+        return []
+    if maintainer:
+        run(["deb-systemd-helper", "enable", "coturn.service"], check=False)
+        run(["deb-systemd-invoke", "start", "coturn.service"], check=False, timeout=180)
+    else:
+        run(["systemctl", "enable", "--now", "coturn.service"], check=False, timeout=180)
+    record.unlink()
+    return ["enable and start coturn (TURN is on)"]

@@ -6,7 +6,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,10 @@ DEFAULT_ELEMENT_SOURCE = (
     "https://github.com/element-hq/element-web/releases/download/"
     "v{version}/element-v{version}.tar.gz"
 )
+# Element's release signing key: downloaded, accepted only with the pinned primary fingerprint
+# ("Element Releases <releases@riot.im>", element-web docs/install.md).
+DEFAULT_ELEMENT_KEY_URL = "https://packages.element.io/element-release-key.asc"
+ELEMENT_KEY_FINGERPRINT = "712BFBEE92DCA45252DB17D7C7BE97EFA179B100"
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -54,6 +58,9 @@ class Settings:
     element_domain: str
     element_version: str = "latest"
     element_source: str = DEFAULT_ELEMENT_SOURCE
+    element_key_url: str = DEFAULT_ELEMENT_KEY_URL
+    element_key_fingerprint: str = ELEMENT_KEY_FINGERPRINT
+    element_latest_url: str = ""
     tls: TlsMode = TlsMode.SELF_SIGNED
     tls_cert: str = ""
     tls_key: str = ""
@@ -64,6 +71,7 @@ class Settings:
     turn_listening_ip: str = ""
     federation: FederationMode = FederationMode.ALLOW_LIST
     federation_domains: tuple[str, ...] = ()
+    federation_key_servers: tuple[str, ...] = ()
     registration: RegistrationMode = RegistrationMode.DISABLED
     behind_proxy: bool = False
     proxy_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
@@ -74,6 +82,16 @@ class Settings:
     def element_on_own_domain(self) -> bool:
         """Return whether Element has a vhost of its own (Element's advice against XSS)."""
         return self.element_domain != self.server_name
+
+    @property
+    def trusted_key_servers(self) -> tuple[str, ...]:
+        """Return the servers Synapse asks for other servers' keys (empty: each origin)."""
+        if self.federation is FederationMode.OFF:
+            return ()
+        if self.federation is FederationMode.OPEN:
+            return tuple(dict.fromkeys(("matrix.org", *self.federation_key_servers)))
+        # Synapse refuses to ask a key server that its whitelist does not admit.
+        return tuple(k for k in self.federation_key_servers if k in self.federation_domains)
 
     @property
     def certificate_names(self) -> tuple[str, ...]:
@@ -175,6 +193,20 @@ def check_source(question: str, value: object) -> str:
     return text
 
 
+def check_optional_url(question: str, value: object) -> str:
+    """Return '' (derive it) or an https://, http:// or file:// URL."""
+    text = str(value or "").strip()
+    return check_source(question, text) if text else ""
+
+
+def check_fingerprint(question: str, value: object) -> str:
+    """Return an OpenPGP fingerprint as upper-case hex without spaces (40 or 64 digits)."""
+    text = re.sub(r"\s+", "", str(value or "")).upper()
+    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", text):
+        raise SettingsError(question, value, "must be a key fingerprint of 40 hex digits")
+    return text
+
+
 def check_choice(question: str, value: object, choices: type[enum.StrEnum]) -> Any:
     """Return the enum member named by value, or raise SettingsError listing the choices."""
     # YAML 1.1 reads an unquoted 'federation: off' in a hand-edited stack.yaml as false.
@@ -240,6 +272,11 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         element_domain=element_domain,
         element_version=get("element_version", check_version, "latest"),
         element_source=get("element_source", check_source, DEFAULT_ELEMENT_SOURCE),
+        element_key_url=get("element_key_url", check_source, DEFAULT_ELEMENT_KEY_URL),
+        element_key_fingerprint=get(
+            "element_key_fingerprint", check_fingerprint, ELEMENT_KEY_FINGERPRINT
+        ),
+        element_latest_url=get("element_latest_url", check_optional_url),
         tls=tls,
         tls_cert=get("tls_cert", lambda q, v: check_absolute_file(q, v, root))
         if tls is TlsMode.FILES
@@ -263,6 +300,12 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
                 for item in split_list(raw.get("federation_domains"))
             )
         ),
+        federation_key_servers=tuple(
+            dict.fromkeys(
+                check_server_name_with_port("federation_key_servers", item)
+                for item in split_list(raw.get("federation_key_servers"))
+            )
+        ),
         registration=get(
             "registration",
             lambda q, v: check_choice(q, v, RegistrationMode),
@@ -278,6 +321,22 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         ),
         warnings=tuple(warnings),
     )
+    ignored_key_servers = [
+        name
+        for name in settings.federation_key_servers
+        if settings.federation is FederationMode.ALLOW_LIST
+        and name not in settings.federation_domains
+    ]
+    if ignored_key_servers:
+        settings = replace(
+            settings,
+            warnings=(
+                *settings.warnings,
+                f"key server {', '.join(ignored_key_servers)} is not in federation_domains, "
+                "so Synapse cannot ask it; allow it with: matrix-stack-admin federation allow "
+                "DOMAIN --key-server",
+            ),
+        )
     if settings.database is not DatabaseMode.SQLITE:
         raise SettingsError("database", raw.get("database"), "is not supported yet: use sqlite")
     return settings

@@ -15,6 +15,7 @@ SERVER = "matrix.example.test"
 APT = ["apt-get", "-y", "-o", "Acquire::Check-Valid-Until=false"]
 SELF_SIGNED_CERT = "/etc/matrix-stack/tls/self-signed.crt"
 TEMPLATES = Path(__file__).resolve().parents[2] / "debian" / "matrix-stack.templates"
+HOSTS_MARK = "# matrix-stack system test"
 
 
 def question_types() -> dict[str, str]:
@@ -127,3 +128,16 @@ def set_stack_value(container: Container, key: str, value: str) -> None:
     line = f"{key}: {value}"
     text = pattern.sub(line, text) if pattern.search(text) else text + line + "\n"
     container.write_file("/etc/matrix-stack/stack.yaml", text)
+
+
+@contextmanager
+def host_resolves(*names: str) -> Iterator[None]:
+    """Let the host's resolver find names on loopback while a client runs (TESTBED.md)."""
+    hosts = Path("/etc/hosts")
+    hosts.write_text(hosts.read_text() + f"127.0.0.1 {' '.join(names)} {HOSTS_MARK}\n")
+    try:
+        yield
+    finally:
+        hosts.write_text(
+            "".join(line for line in hosts.read_text().splitlines(True) if HOSTS_MARK not in line)
+        )

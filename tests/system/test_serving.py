@@ -125,7 +125,7 @@ def doctor(ct: Container) -> tuple[int, dict[str, dict[str, object]]]:
 def test_doctor_passes_on_this_healthy_stack(ct: Container) -> None:
     status, checks = doctor(ct)
     assert status == 0, [check for check in checks.values() if not check["ok"]]
-    assert checks["element"]["detail"] == f"{VERSION} served ({VERSION} configured)"
+    assert checks["element"]["detail"] == f"{VERSION} served (latest configured)"
 
 
 def test_doctor_names_a_hand_edited_file(ct: Container) -> None:

@@ -778,6 +778,9 @@ class Container:
                 nspawn.wait(timeout=20)
         self.timings["poweroff"] = time.monotonic() - started
         self._reap()
+        if self.nspawn is None:
+            # Stopped, it no longer uses the host's ports: another container may boot there.
+            self._release_host_network()
 
     def _reap(self) -> None:
         if self.nspawn is not None and self.nspawn.poll() is not None:

@@ -60,3 +60,31 @@ def test_version_prints_program_and_version(capsys: pytest.CaptureFixture[str]) 
 
     assert caught.value.code == 0
     assert capsys.readouterr().out == f"{PROGRAM} {__version__}\n"
+
+
+def test_lazy_command_summaries_equal_the_modules_own() -> None:
+    import argparse
+
+    from matrix_stack.cli import COMMANDS, build_parser
+
+    subparsers = next(
+        action for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    helps = {choice.dest: choice.help for choice in subparsers._choices_actions}
+    assert {name: summary for name, (_, summary) in COMMANDS.items()} == {
+        name: helps[name] for name in COMMANDS
+    }
+
+
+def test_running_one_command_imports_only_its_module() -> None:
+    import subprocess
+    import sys
+
+    program = (
+        "import sys; from matrix_stack.cli import build_parser; build_parser(['--help']); "
+        "print(sorted(m for m in sys.modules if m.startswith('matrix_stack.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "['matrix_stack.cli', 'matrix_stack.errors']"

@@ -7,16 +7,17 @@ import pytest
 from matrix_stack.services import apache_modules
 from tests.unit.helpers import make_settings
 
+COMMON = ("proxy", "proxy_http", "headers", "alias", "rewrite", "deflate", "filter")
+
 
 @pytest.mark.parametrize(
     ("raw", "modules"),
     [
-        ({}, ("proxy", "proxy_http", "headers", "alias", "ssl")),
-        ({"tls": "acme", "acme_email": "a@example.org"},
-         ("proxy", "proxy_http", "headers", "alias", "ssl", "md")),
-        ({"behind_proxy": True}, ("proxy", "proxy_http", "headers", "alias", "remoteip")),
+        ({}, (*COMMON, "ssl", "http2")),
+        ({"tls": "acme", "acme_email": "a@example.org"}, (*COMMON, "ssl", "http2", "md")),
+        ({"behind_proxy": True}, (*COMMON, "remoteip")),
         ({"behind_proxy": True, "tls": "acme", "acme_email": "a@example.org"},
-         ("proxy", "proxy_http", "headers", "alias", "remoteip")),
+         (*COMMON, "remoteip")),
     ],
 )
 def test_apache_modules_follow_tls_and_proxy_settings(

@@ -70,17 +70,17 @@ ANSWERS: tuple[Answer, ...] = (
     Answer("matrix-stack/federation-domains", "federation_domains", _word_list, _from_list),
     Answer("matrix-stack/registration", "registration"),
     Answer("matrix-stack/behind-proxy", "behind_proxy", _boolean, _from_boolean),
+    Answer("matrix-stack/database", "database"),
 )
 
 # Asked, but kept nowhere on disk: they trigger a one-time action (the bootstrap admin).
 BOOTSTRAP_QUESTIONS = ("matrix-stack/admin-user", "matrix-stack/admin-password")
 
 # Kept in stack.yaml only (no question yet): the outside proxy allowed to set X-Forwarded-*,
-# the database (only SQLite until PostgreSQL support lands), Element's signing key URL and
+# Element's signing key URL and
 # pinned fingerprint, and where "latest" is looked up (empty: derived from element_source).
 FILE_ONLY_KEYS: tuple[str, ...] = (
     "proxy_addresses",
-    "database",
     "element_key_url",
     "element_key_fingerprint",
     "element_latest_url",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matrix_stack import files, services, tls
+from matrix_stack import files, postgres, services, tls
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import Outcome, Plan, UcfState
 from matrix_stack.host import gather_facts
@@ -99,12 +99,16 @@ def apply(
     debconf_ok: bool = False,
     validate_synapse: Callable[[str, str], None] | None = None,
     set_synapse_answer: Callable[[str], None] | None = None,
+    prepare_database: Callable[[Settings, Path], list[str]] | None = None,
 ) -> Report:
     """Bring the generated files and services in line with settings.
 
     A configuration that Synapse or Apache refuses leaves the previous files live.
     """
     report = Report()
+    if not dry_run and (prepare_database is not None or root == Path("/")):
+        # Before anything is written: a missing PostgreSQL or a switch losing data changes nothing.
+        report.actions += (prepare_database or postgres.prepare)(settings, root)
     name_written = False if dry_run else ensure_server_name(settings, root, set_synapse_answer)
     secrets = read_secrets(root) if dry_run else ensure_secrets(root)
     certificate_changed = False if dry_run else ensure_self_signed(settings, root)
@@ -157,7 +161,8 @@ def apply(
     order = [unit for unit in ("matrix-synapse", "coturn", "apache2") if unit in units]
     failed: list[str] = []
     if root == Path("/"):
-        report.actions, failed = services.restart(order)
+        restarted, failed = services.restart(order)
+        report.actions += restarted
         report.actions += services.set_turn_service(settings.turn_enable, root)
     if failed:
         hint = "; ".join(f"see: journalctl -u {unit}" for unit in failed)

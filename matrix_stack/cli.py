@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "federation": (
         "cli_federation", "which servers this one federates with, and a federation tester"
     ),
+    "db": ("cli_db", "Synapse's database: move it from SQLite to PostgreSQL"),
     "proxy-config": ("proxy_config", "print a Traefik or HAProxy configuration for this stack"),
     "doctor": ("doctor", "check the whole stack, one line per check"),
 }

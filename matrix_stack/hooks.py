@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from matrix_stack import answers
+from matrix_stack import answers, postgres
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 
@@ -28,9 +28,14 @@ def configure(
     stack = answers.read_stack(root) if stack_exists else {}
     stack.update(answers.yaml_from_debconf(debconf))
     settings = answers.load_settings(stack, "debconf", root)
+    # Before stack.yaml is written: a missing PostgreSQL or a switch losing data changes nothing.
+    prepared = postgres.prepare(settings, root) if root == Path("/") else []
     answers.write_stack(stack, root)
-    report = apply(settings, root=root, debconf_ok=True, set_synapse_answer=set_synapse_answer)
-    return list(settings.warnings) + report.lines()
+    report = apply(
+        settings, root=root, debconf_ok=True, set_synapse_answer=set_synapse_answer,
+        prepare_database=lambda _settings, _root: [],
+    )
+    return list(settings.warnings) + prepared + report.lines()
 
 
 def bootstrap(debconf: answers.DebconfLike, server_name: str) -> list[str]:

@@ -337,6 +337,4 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
                 "DOMAIN --key-server",
             ),
         )
-    if settings.database is not DatabaseMode.SQLITE:
-        raise SettingsError("database", raw.get("database"), "is not supported yet: use sqlite")
     return settings

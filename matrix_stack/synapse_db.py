@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from matrix_stack.as_user import call_as_user, peer_user
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
 
@@ -231,4 +232,11 @@ def reset_password_offline(
     if database.sqlite_path is not None:
         path = database.sqlite_path
         return reset_password_sqlite(host_path(path, root), path, user_id, password_hash)
+    user = peer_user(dict(database.connect_args))
+    if user is not None:
+        # Peer authentication admits only the unix user named like the role (matrix-synapse).
+        return call_as_user(
+            user,
+            lambda: reset_password_postgresql(database.connect_args, user_id, password_hash),
+        )
     return reset_password_postgresql(database.connect_args, user_id, password_hash)

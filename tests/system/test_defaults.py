@@ -329,6 +329,7 @@ def test_interactive_reconfigure_reasks_an_invalid_answer_and_applies_changes(
         (r"Is this host behind another reverse proxy\? ", ["no"]),
         (r"Element version to install: ", ["latest"]),
         (r"Location of the Element release tarballs: ", [""]),
+        (r"Database for Synapse: ", ["sqlite"]),
         (r"First administrator account \(optional\): ", [""]),
     ]
     child = pexpect.spawn(

@@ -68,6 +68,7 @@ PRESEED = {
     "matrix-stack/federation-domains": "example.com, matrix.example.net:8448",
     "matrix-stack/registration": "token",
     "matrix-stack/behind-proxy": "false",
+    "matrix-stack/database": "postgresql",
 }
 
 
@@ -166,6 +167,7 @@ def test_yaml_from_debconf_converts_booleans_and_lists() -> None:
         "federation_domains": ["example.com", "matrix.example.net:8448"],
         "registration": "token",
         "behind_proxy": False,
+        "database": "postgresql",
     }
 
 
@@ -180,7 +182,7 @@ def test_debconf_from_yaml_of_yaml_from_debconf_gives_the_answers_back() -> None
 
 
 def test_debconf_from_yaml_sets_only_keys_present_in_the_file() -> None:
-    assert debconf_from_yaml({"server_name": "example.org", "database": "sqlite"}) == {
+    assert debconf_from_yaml({"server_name": "example.org", "proxy_addresses": ["::1"]}) == {
         "matrix-stack/server-name": "example.org"
     }
 
@@ -416,9 +418,9 @@ def test_load_settings_from_debconf_names_the_question_and_dpkg_reconfigure() ->
 
 def test_load_settings_from_debconf_names_a_file_only_key_as_itself() -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings({"server_name": "example.org", "database": "postgresql"}, "debconf")
+        load_settings({"server_name": "example.org", "proxy_addresses": ["bad"]}, "debconf")
 
-    assert caught.value.question == "database"
+    assert caught.value.question == "proxy_addresses"
 
 
 def test_load_settings_from_file_names_the_key_and_the_file() -> None:

@@ -26,6 +26,7 @@ from matrix_stack.render import (
 )
 from matrix_stack.secrets import read_secrets
 from matrix_stack.servername import SERVER_NAME_PATH, ensure_server_name
+from matrix_stack.settings import Settings
 from matrix_stack.tls import certificate_names
 from tests.unit.helpers import (
     LISTENING_IP,
@@ -206,6 +207,21 @@ def test_apply_first_run_when_synapse_refuses_writes_no_generated_file(
 
     assert [path for path in GENERATED if on_disk(tmp_path, path).exists()] == []
     assert not (tmp_path / UCF_STATE).exists()
+
+
+def test_apply_when_the_database_check_refuses_writes_nothing_at_all(
+    tmp_path: Path, synapse_check: SynapseCheck
+) -> None:
+    def refuse(_settings: Settings, _root: Path) -> list[str]:
+        raise MatrixStackError("no PostgreSQL server runs on this host")
+
+    settings = make_settings(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+
+    with pytest.raises(MatrixStackError, match="no PostgreSQL"):
+        apply(settings, root=tmp_path, validate_synapse=synapse_check, prepare_database=refuse)
+
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 # --- dry run ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from matrix_stack import postgres
 from matrix_stack.files import FileSpec
 from matrix_stack.host import Facts
 from matrix_stack.render import (
@@ -71,6 +72,7 @@ def case_settings(case: str, root: Path) -> tuple[Settings, Facts]:
             "turn_listening_ip": "10.0.0.7",
             "federation": "open",
             "registration": "token",
+            "database": "postgresql",
         }
         facts = NAT_FACTS
         tls_root(root)
@@ -403,3 +405,11 @@ def test_render_turn_secret_appears_only_in_turnserver_conf(renders: Renders, ca
 
     assert [spec.path for spec in specs.values() if SECRET in spec.text] == [TURNSERVER_CONF_PATH]
     assert f"static-auth-secret={SECRET}\n" in specs[TURNSERVER_CONF_PATH].text
+
+
+def test_render_synapse_with_postgresql_uses_the_local_socket_and_peer_role(
+    renders: Renders,
+) -> None:
+    config = yaml.safe_load(renders["full"][SYNAPSE_CONF_PATH].text)
+
+    assert config["database"] == postgres.SYNAPSE_DATABASE_BLOCK

@@ -404,14 +404,8 @@ def test_choice_invalid_is_refused_listing_the_choices(key: str, given: Any, rea
     assert (error.question, error.reason) == (key, reason)
 
 
-def test_database_postgresql_is_refused_as_not_supported_yet() -> None:
-    error = refusal(server_name=NAME, database="postgresql")
-
-    assert (error.question, error.value, error.reason) == (
-        "database",
-        "postgresql",
-        "is not supported yet: use sqlite",
-    )
+def test_database_postgresql_is_accepted() -> None:
+    assert settings_with(database="postgresql").database is DatabaseMode.POSTGRESQL
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,225 @@
+"""Move Synapse from SQLite to PostgreSQL with Synapse's own port script; undo on any failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from matrix_stack import answers, postgres
+from matrix_stack.apply import apply
+from matrix_stack.bootstrap import wait_until_answering
+from matrix_stack.errors import MatrixStackError
+from matrix_stack.files import lookup_ids
+from matrix_stack.host import SYNAPSE_SQLITE_PATH, synapse_has_database
+from matrix_stack.run import run
+from matrix_stack.services import SYNAPSE_USER
+from matrix_stack.settings import DatabaseMode, Settings
+from matrix_stack.synapse_api import Synapse
+from matrix_stack.synapse_config import read_merged_config
+
+# Debian's matrix-synapse installs it in /usr/bin; matrix.org's package in its virtualenv.
+PORT_SCRIPTS = (
+    Path("/usr/bin/synapse_port_db"),
+    Path("/opt/venvs/matrix-synapse/bin/synapse_port_db"),
+)
+POSTGRESQL_DATA_DIR = Path("/var/lib/postgresql")
+PORT_TIMEOUT = 24 * 3600
+COUNTED_TABLES = ("users", "rooms")
+# synapse_port_db refuses a database whose background updates are not all done.
+BACKGROUND_UPDATES_WAIT = 900
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many users and rooms a database holds."""
+
+    users: int
+    rooms: int
+
+    def __str__(self) -> str:
+        return f"{self.users} users, {self.rooms} rooms"
+
+
+def find_port_script() -> Path:
+    """Return the installed synapse_port_db, or raise naming both places looked at."""
+    for path in PORT_SCRIPTS:
+        if path.exists():
+            return path
+    raise MatrixStackError(
+        f"Synapse's port script is missing (looked for {' and '.join(map(str, PORT_SCRIPTS))})"
+    )
+
+
+def count_sqlite(path: Path = SYNAPSE_SQLITE_PATH) -> Counts:
+    """Return the users and rooms in Synapse's SQLite database, opened read-only."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            values = [
+                int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+                for table in COUNTED_TABLES
+            ]
+    except sqlite3.Error as error:
+        raise MatrixStackError(f"cannot count users and rooms in {path}: {error}") from None
+    return Counts(*values)
+
+
+def pending_background_updates(path: Path = SYNAPSE_SQLITE_PATH) -> int:
+    """Return how many background updates Synapse has still to run on its SQLite database."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            row = connection.execute("SELECT count(*) FROM background_updates").fetchone()
+    except sqlite3.Error as error:
+        raise MatrixStackError(f"cannot read background updates in {path}: {error}") from None
+    return int(row[0])
+
+
+def wait_for_background_updates(
+    sqlite: Path,
+    progress: Callable[[str], None],
+    seconds: float = BACKGROUND_UPDATES_WAIT,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Wait for the running Synapse to finish its background updates (synapse_port_db needs it)."""
+    deadline = time.monotonic() + seconds
+    pending = pending_background_updates(sqlite)
+    if pending:
+        progress(f"waiting for Synapse to finish {pending} background updates")
+    while pending:
+        if time.monotonic() >= deadline:
+            raise MatrixStackError(
+                f"Synapse still has {pending} background updates to run on {sqlite}; keep it "
+                "running and try again later"
+            )
+        sleep(2)
+        pending = pending_background_updates(sqlite)
+
+
+def count_postgresql(runner: postgres.Runner = postgres.psql_as_postgres) -> Counts:
+    """Return the users and rooms in Synapse's PostgreSQL database."""
+    values = [
+        int(postgres.query(f"SELECT count(*) FROM {table}", runner, postgres.DATABASE))
+        for table in COUNTED_TABLES
+    ]
+    return Counts(*values)
+
+
+def check_free_disk(sqlite: Path, data_dir: Path = POSTGRESQL_DATA_DIR) -> None:
+    """Refuse unless PostgreSQL's disk has twice the SQLite file's size free (data, indexes)."""
+    needed = 2 * sqlite.stat().st_size
+    free = shutil.disk_usage(data_dir if data_dir.exists() else Path("/")).free
+    if free < needed:
+        raise MatrixStackError(
+            f"{data_dir} has {free // 2**20} MiB free; the migration needs about "
+            f"{needed // 2**20} MiB: free some space first"
+        )
+
+
+def port_config(config: dict[str, Any]) -> str:
+    """Return Synapse's configuration with the PostgreSQL database block, for the port script."""
+    return yaml.safe_dump({**config, "database": postgres.SYNAPSE_DATABASE_BLOCK})
+
+
+def run_port_script(script: Path, sqlite: Path) -> None:
+    """Copy the SQLite data into PostgreSQL as the matrix-synapse user (peer authentication)."""
+    uid, gid = lookup_ids(SYNAPSE_USER, "root")
+    with tempfile.TemporaryDirectory(prefix="matrix-stack-port-") as stage:
+        os.chown(stage, uid, gid)
+        config = Path(stage) / "postgres.yaml"
+        config.write_text(port_config(read_merged_config()), encoding="utf-8")
+        config.chmod(0o600)
+        os.chown(config, uid, gid)
+        run(
+            [str(script), "--sqlite-database", str(sqlite), "--postgres-config", str(config)],
+            user=SYNAPSE_USER,
+            timeout=PORT_TIMEOUT,
+        )
+
+
+def systemctl(action: str) -> None:
+    """Start or stop Synapse, waiting for systemd to finish."""
+    run(["systemctl", action, "matrix-synapse.service"], timeout=300)
+
+
+def switch_to(stack: dict[str, Any], mode: DatabaseMode) -> Settings:
+    """Write mode to stack.yaml and apply it (no PostgreSQL checks: the caller made them)."""
+    new_stack = {**stack, "database": str(mode)}
+    settings = answers.load_settings(new_stack, str(answers.STACK_PATH))
+    answers.write_stack(new_stack)
+    apply(settings, prepare_database=lambda _settings, _root: [])
+    return settings
+
+
+def migrate(progress: Callable[[str], None], synapse: Synapse | None = None) -> Counts:
+    """Port Synapse's SQLite data to PostgreSQL, switch to it and verify; undo on any failure."""
+    stack = answers.read_stack()
+    settings = answers.load_settings(stack, str(answers.STACK_PATH))
+    if settings.database is DatabaseMode.POSTGRESQL:
+        raise MatrixStackError("database is already postgresql in stack.yaml")
+    sqlite = synapse_has_database()
+    if sqlite is None:
+        raise MatrixStackError(
+            f"{SYNAPSE_SQLITE_PATH} holds no data: answer postgresql instead, with: "
+            "dpkg-reconfigure matrix-stack"
+        )
+    script = find_port_script()
+    postgres.check_server()
+    for line in postgres.ensure_database():
+        progress(line)
+    if not postgres.database_is_empty():
+        raise MatrixStackError(
+            f"PostgreSQL database {postgres.DATABASE} is not empty; migrate only into an empty one"
+        )
+    check_free_disk(sqlite)
+    wait_for_background_updates(sqlite, progress)
+    progress("stopping Synapse")
+    systemctl("stop")
+    try:
+        # Counted once Synapse is stopped: nothing can register in between.
+        before = count_sqlite(sqlite)
+        started = time.monotonic()
+        progress(
+            f"copying {before} from {sqlite} into PostgreSQL with {script.name} "
+            "(this can take a while)"
+        )
+        run_port_script(script, sqlite)
+        progress(f"copied in {time.monotonic() - started:.0f} s; checking the counts")
+        verify(before)
+        progress("switching Synapse to PostgreSQL")
+        switch_to(stack, DatabaseMode.POSTGRESQL)
+        systemctl("start")
+        if not wait_until_answering(synapse or Synapse(), 120, time.sleep):
+            raise MatrixStackError("Synapse did not answer on PostgreSQL within 120 s")
+        verify(before)
+    except (MatrixStackError, OSError) as error:
+        progress("failed: going back to SQLite")
+        restore(stack)
+        raise MatrixStackError(
+            f"migration failed ({error}); Synapse runs on SQLite again, {sqlite} untouched; "
+            f"empty PostgreSQL database {postgres.DATABASE} before trying again"
+        ) from None
+    return before
+
+
+def verify(before: Counts) -> None:
+    """Raise unless PostgreSQL holds as many users and rooms as SQLite did."""
+    after = count_postgresql()
+    if after != before:
+        raise MatrixStackError(f"PostgreSQL holds {after}, SQLite held {before}")
+
+
+def restore(stack: dict[str, Any]) -> None:
+    """Put the SQLite configuration back and start Synapse on it."""
+    try:
+        answers.write_stack(stack)
+        apply(answers.load_settings(stack, str(answers.STACK_PATH)))
+    finally:
+        systemctl("start")

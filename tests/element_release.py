@@ -76,6 +76,12 @@ class TestKey:
         )
         shutil.rmtree(self.home, ignore_errors=True)
 
+    def __enter__(self) -> TestKey:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 

@@ -8,14 +8,12 @@ and not) and second load. Printed, never asserted.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
 import subprocess
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +29,11 @@ SECONDS = 5
 
 
 def client(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-    request = urllib.request.Request(
-        DIRECT + path, data=json.dumps(body).encode() if body is not None else None,
-        method=method, headers={"Content-Type": "application/json"},
-    )
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    """One request to Synapse direct; anything but 200 stops the bench."""
+    status, answer = stack.synapse_request(method, path, body, token)
+    if status != 200:
+        raise SystemExit(f"bench: {method} {path} answered {status}: {answer}")
+    return answer
 
 
 def prepare_room(container: Container) -> str:
@@ -163,8 +158,8 @@ def main() -> int:
     cleanup_stale()
     deb = Path(os.environ["MATRIX_STACK_DEB"])
     print(f"machine: {machine()}")
-    key = TestKey.generate("Bench Element Releases")
-    with Container(ensure_base_tarball(), name="bench-serving", hostname=SERVER) as container, \
+    with TestKey.generate("Bench Element Releases") as key, \
+            Container(ensure_base_tarball(), name="bench-serving", hostname=SERVER) as container, \
             tempfile.TemporaryDirectory() as scratch:
         container.boot()
         stack.install(container, deb)
@@ -183,7 +178,6 @@ def main() -> int:
             print("Element (a release whose bundles are real JavaScript from npm):")
             element_bytes(container)
         print("reproduce: sudo make bench")
-    key.close()
     return 0
 
 

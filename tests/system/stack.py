@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +19,7 @@ APT = ["apt-get", "-y", "-o", "Acquire::Check-Valid-Until=false"]
 SELF_SIGNED_CERT = "/etc/matrix-stack/tls/self-signed.crt"
 TEMPLATES = Path(__file__).resolve().parents[2] / "debian" / "matrix-stack.templates"
 HOSTS_MARK = "# matrix-stack system test"
+SYNAPSE_URL = "http://127.0.0.1:8008"
 
 
 def question_types() -> dict[str, str]:
@@ -41,14 +45,37 @@ def preseed(container: Container, answers: Mapping[str, str]) -> None:
     container.run(["debconf-set-selections"], input="".join(lines))
 
 
+def apt_install(container: Container, *packages: str, check: bool = True) -> Any:
+    """apt-get install packages (or .deb paths) inside the container, fetching lists if needed."""
+    if not list(container.path("/var/lib/apt/lists").glob("*_Packages")):
+        # mmdebstrap leaves no package lists: fetch them so apt can resolve dependencies.
+        container.run([*APT, "update"], timeout=600)
+    return container.run([*APT, "install", *packages], check=check, timeout=900)
+
+
 def install(container: Container, deb: Path, *, check: bool = True) -> Any:
     """apt-get install the .deb inside the container (apt resolves the real dependencies)."""
     target = f"/srv/{deb.name}"
     container.copy_in(deb, target)
-    if not list(container.path("/var/lib/apt/lists").glob("*_Packages")):
-        # mmdebstrap leaves no package lists: fetch them so apt can resolve our Depends.
-        container.run([*APT, "update"], timeout=600)
-    return container.run([*APT, "install", target], check=check, timeout=900)
+    return apt_install(container, target, check=check)
+
+
+def synapse_request(
+    method: str, path: str, body: Any = None, token: str | None = None
+) -> tuple[int, Any]:
+    """One client/admin API request to Synapse on 127.0.0.1:8008 (the container shares the
+    host's network); return the status and the JSON body, errors included."""
+    request = urllib.request.Request(
+        SYNAPSE_URL + path, data=json.dumps(body).encode() if body is not None else None,
+        method=method, headers={"Content-Type": "application/json"},
+    )
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
 
 
 def https(

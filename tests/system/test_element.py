@@ -37,16 +37,14 @@ CURRENT = "/var/lib/matrix-stack/element/current"
 
 @pytest.fixture(scope="module")
 def key() -> Iterator[TestKey]:
-    made = TestKey.generate("System Test Element Releases")
-    yield made
-    made.close()
+    with TestKey.generate("System Test Element Releases") as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
 def other_key() -> Iterator[TestKey]:
-    made = TestKey.generate("Not Element")
-    yield made
-    made.close()
+    with TestKey.generate("Not Element") as made:
+        yield made
 
 
 @pytest.fixture(scope="module")

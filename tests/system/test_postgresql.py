@@ -6,38 +6,22 @@ with the client API on loopback (the container shares the host's network).
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.system import stack
-from tests.system.stack import APT, SERVER, install, preseed
+from tests.system.stack import SERVER, apt_install, install, preseed
+from tests.system.stack import synapse_request as client_api
 from tests.system.testbed import Container
 
 pytestmark = pytest.mark.system
 
-SYNAPSE = "http://127.0.0.1:8008"
 PSQL = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "matrix_synapse", "-c"]
-
-
-def client_api(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-    request = urllib.request.Request(
-        SYNAPSE + path, data=json.dumps(body).encode() if body is not None else None,
-        method=method, headers={"Content-Type": "application/json"},
-    )
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 def login(user: str, password: str) -> str:
@@ -55,9 +39,7 @@ def add_user(ct: Container, name: str, password: str) -> None:
 
 
 def install_postgresql(ct: Container) -> None:
-    if not list(ct.path("/var/lib/apt/lists").glob("*_Packages")):
-        ct.run([*APT, "update"], timeout=600)
-    ct.run([*APT, "install", "postgresql", "python3-psycopg2"], timeout=900)
+    apt_install(ct, "postgresql", "python3-psycopg2")
 
 
 def psql(ct: Container, sql: str) -> str:

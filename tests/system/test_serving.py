@@ -37,9 +37,8 @@ SCRIPT = "".join(
 def ct(base_tarball: Path, deb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     Container
 ]:
-    key = TestKey.generate("Serving Test Releases")
-    container = Container(base_tarball, name="serving", hostname=SERVER)
-    try:
+    with TestKey.generate("Serving Test Releases") as key, \
+            Container(base_tarball, name="serving", hostname=SERVER) as container:
         container.boot()
         install(container, deb_path)
         stack.wait_for_client_api(container)
@@ -57,9 +56,6 @@ def ct(base_tarball: Path, deb_path: Path, tmp_path_factory: pytest.TempPathFact
             set_stack_value(container, "element_key_fingerprint", f'"{key.fingerprint}"')
             container.run(["matrix-stack-admin", "element", "fetch", VERSION])
         yield container
-    finally:
-        container.close()
-        key.close()
 
 
 def element(ct: Container, path: str, encoding: str | None) -> stack.Response:

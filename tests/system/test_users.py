@@ -19,12 +19,12 @@ import pytest
 
 from tests.system import stack
 from tests.system.stack import SERVER, host_resolves, install, preseed
+from tests.system.stack import synapse_request as client_api
 from tests.system.testbed import Container, wait_for
 
 pytestmark = pytest.mark.system
 
 ADMIN_PASSWORD = "Boot-strap-S3cret"
-SYNAPSE = "http://127.0.0.1:8008"  # the container shares the host's network
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +70,6 @@ def admin(ct: Container, *args: str, password: str | None = None, check: bool = 
     if password is not None:
         argv += ["--password-file", "-"]
     return ct.run(argv, input=password, check=check)
-
-
-def client_api(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-    request = urllib.request.Request(
-        SYNAPSE + path, data=json.dumps(body).encode() if body is not None else None,
-        method=method, headers={"Content-Type": "application/json"},
-    )
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 def login(user: str, password: str) -> tuple[int, str | None]:

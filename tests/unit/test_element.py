@@ -196,16 +196,14 @@ def test_file_that_is_no_tarball_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def key() -> Iterator[TestKey]:
-    made = TestKey.generate("Test Element Releases")
-    yield made
-    made.close()
+    with TestKey.generate("Test Element Releases") as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
 def other_key() -> Iterator[TestKey]:
-    made = TestKey.generate("Someone Else")
-    yield made
-    made.close()
+    with TestKey.generate("Someone Else") as made:
+        yield made
 
 
 def test_fingerprint_read_without_gpg_equals_gpgs(key: TestKey) -> None:

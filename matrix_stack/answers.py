@@ -86,6 +86,10 @@ FILE_ONLY_KEYS: tuple[str, ...] = (
     "element_latest_url",
     # Peers also trusted as key servers (matrix-stack-admin federation allow --key-server).
     "federation_key_servers",
+    # The daily backup (matrix-stack-admin backup --schedule): off or daily, where, how many.
+    "backup_schedule",
+    "backup_dir",
+    "backup_keep",
 )
 
 QUESTION_OF_KEY = {answer.key: answer.question for answer in ANSWERS}

@@ -21,7 +21,7 @@ from matrix_stack.render import (
 )
 from matrix_stack.secrets import ensure_secrets, read_secrets
 from matrix_stack.servername import ensure_server_name
-from matrix_stack.settings import Settings
+from matrix_stack.settings import BackupSchedule, Settings
 from matrix_stack.tls import check_certificate_files, ensure_self_signed
 
 # Which unit reads each generated file; files served as they are need no reload.
@@ -164,6 +164,9 @@ def apply(
         restarted, failed = services.restart(order)
         report.actions += restarted
         report.actions += services.set_turn_service(settings.turn_enable, root)
+        report.actions += services.set_backup_timer(
+            settings.backup_schedule is BackupSchedule.DAILY
+        )
     if failed:
         hint = "; ".join(f"see: journalctl -u {unit}" for unit in failed)
         if not services.in_maintainer_script():

@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cli_federation", "which servers this one federates with, and a federation tester"
     ),
     "db": ("cli_db", "Synapse's database: move it from SQLite to PostgreSQL"),
+    "backup": (
+        "cli_backup",
+        "write one archive with Synapse's database, media, signing key and configuration",
+    ),
+    "restore": ("cli_restore", "put a backup archive back (same server name only)"),
     "proxy-config": ("proxy_config", "print a Traefik or HAProxy configuration for this stack"),
     "doctor": ("doctor", "check the whole stack, one line per check"),
 }

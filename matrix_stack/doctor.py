@@ -17,6 +17,7 @@ from matrix_stack.errors import MatrixStackError
 CERTIFICATE_WARNING_DAYS = 14
 MEDIA_PATH = Path("/var/lib/matrix-synapse")
 FREE_SPACE_WARNING = 2 * 1024**3  # bytes
+BACKUP_LATE_HOURS = 48
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,40 @@ def check_disk() -> list[Check]:
                   "free some space", warning=low)]
 
 
+def check_database() -> list[Check]:
+    """The engine Synapse uses and its size, read from Synapse's own configuration."""
+    from matrix_stack import backup
+
+    try:
+        layout = backup.Layout.read()
+        size = backup.database_size(layout)
+    except MatrixStackError as error:
+        return [Check("database", False, str(error), "see: matrix-stack-admin(8), DATABASE")]
+    hint = "for more than a trial: matrix-stack-admin db migrate-to-postgresql"
+    detail = f"{layout.engine}, {size / 2**20:.1f} MiB"
+    return [Check("database", True, detail, hint, warning=layout.engine == "sqlite")]
+
+
+def check_backup(settings: Any, now: float | None = None) -> list[Check]:
+    """The age of the last backup; a failure only when the daily timer is on and it is late."""
+    from matrix_stack import backup
+
+    last = backup.last_backup()
+    daily = settings.backup_schedule == "daily"
+    if last is None:
+        return [Check("backup", not daily, "none made yet",
+                      "run: matrix-stack-admin backup (or backup --schedule daily)",
+                      warning=not daily)]
+    archive, created = last
+    age = ((now or time.time()) - created) / 3600
+    late = age > BACKUP_LATE_HOURS
+    detail = f"last {age:.0f} h ago: {archive}" + ("" if daily else " (daily backup off)")
+    if daily and late:
+        return [Check("backup", False, detail, "see: journalctl -u matrix-stack-backup")]
+    return [Check("backup", True, detail, "run: matrix-stack-admin backup --schedule daily",
+                  warning=late)]
+
+
 def run_doctor(arguments: argparse.Namespace) -> int:
     from matrix_stack import answers
     from matrix_stack.apply import ensure_root
@@ -201,7 +236,8 @@ def run_doctor(arguments: argparse.Namespace) -> int:
         lambda: check_services(settings), lambda: check_ports(settings),
         lambda: check_certificate(settings), lambda: check_files(settings), check_synapse,
         lambda: federation_checks(settings), lambda: check_turn(settings),
-        lambda: check_element(settings), check_disk,
+        lambda: check_element(settings), check_disk, check_database,
+        lambda: check_backup(settings),
     )
     for step in steps:
         found = step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,18 @@ SYNAPSE_DATABASE_BLOCK: dict[str, Any] = {
         "cp_max": 10,
     },
 }
-# Synapse refuses any other encoding or collation (synapse/storage/engines/postgres.py).
-CREATE_DATABASE = (
-    f"CREATE DATABASE {DATABASE} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' "
-    f'TEMPLATE template0 OWNER "{ROLE}"'
-)
+
+
+def create_database_sql(name: str = DATABASE) -> str:
+    """Return CREATE DATABASE with what Synapse requires (synapse/storage/engines/postgres.py
+    refuses any other encoding or collation)."""
+    return (
+        f"CREATE DATABASE {name} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' "
+        f'TEMPLATE template0 OWNER "{ROLE}"'
+    )
+
+
+CREATE_DATABASE = create_database_sql()
 MIGRATE_HINT = "use: matrix-stack-admin db migrate-to-postgresql"
 
 Runner = Callable[[Sequence[str]], str]
@@ -61,16 +69,54 @@ def check_server(runner: Runner = psql_as_postgres) -> None:
         ) from None
 
 
+def ensure_role(runner: Runner = psql_as_postgres) -> list[str]:
+    """Create Synapse's login role unless it exists; return what was done."""
+    if query(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'", runner) == "1":
+        return []
+    query(f'CREATE ROLE "{ROLE}" LOGIN', runner)
+    return [f"created PostgreSQL role {ROLE}"]
+
+
 def ensure_database(runner: Runner = psql_as_postgres) -> list[str]:
     """Create Synapse's role and database unless they exist; return what was done."""
-    done = []
-    if query(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'", runner) != "1":
-        query(f'CREATE ROLE "{ROLE}" LOGIN', runner)
-        done.append(f"created PostgreSQL role {ROLE}")
+    done = ensure_role(runner)
     if query(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", runner) != "1":
         query(CREATE_DATABASE, runner)
         done.append(f"created PostgreSQL database {DATABASE}")
     return done
+
+
+def database_exists(name: str, runner: Runner = psql_as_postgres) -> bool:
+    return query(f"SELECT 1 FROM pg_database WHERE datname = '{name}'", runner) == "1"
+
+
+def rename_database(old: str, new: str, runner: Runner = psql_as_postgres) -> None:
+    query(f"ALTER DATABASE {old} RENAME TO {new}", runner)
+
+
+def drop_database(name: str, runner: Runner = psql_as_postgres) -> None:
+    query(f"DROP DATABASE IF EXISTS {name}", runner)
+
+
+def restore_dump(dump: Path, name: str) -> None:
+    """Create database name and load a pg_dump -Fc file into it, objects owned by ROLE."""
+    drop_database(name)
+    query(create_database_sql(name))
+    with dump.open("rb") as stream:
+        result = subprocess.run(
+            [
+                "runuser", "-u", "postgres", "--", "pg_restore", "--no-owner",
+                "--no-privileges", f"--role={ROLE}", "--single-transaction",
+                "--exit-on-error", "-d", name,
+            ],
+            stdin=stream,
+            capture_output=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        drop_database(name)
+        raise MatrixStackError(f"pg_restore failed: {lines[-1] if lines else 'no output'}")
 
 
 def database_is_empty(runner: Runner = psql_as_postgres) -> bool:

@@ -240,3 +240,29 @@ def set_turn_service(enabled: bool, root: Path = Path("/")) -> list[str]:
         run(["systemctl", "enable", "--now", "coturn.service"], check=False, timeout=180)
     record.unlink()
     return ["enable and start coturn (TURN is on)"]
+
+
+BACKUP_TIMER = "matrix-stack-backup.timer"
+
+
+def set_backup_timer(daily: bool) -> list[str]:
+    """Enable and start the daily backup timer, or stop and disable it (stack.yaml decides)."""
+    if not SYSTEMD_RUNNING.exists():
+        return []
+    state = run(["systemctl", "is-enabled", BACKUP_TIMER], check=False).stdout.strip()
+    if daily == (state == "enabled"):
+        return []
+    maintainer = in_maintainer_script()
+    if daily:
+        if maintainer:
+            run(["deb-systemd-helper", "enable", BACKUP_TIMER], check=False)
+            run(["deb-systemd-invoke", "start", BACKUP_TIMER], check=False, timeout=180)
+        else:
+            run(["systemctl", "enable", "--now", BACKUP_TIMER], timeout=180)
+        return [f"enable the daily backup ({BACKUP_TIMER})"]
+    if maintainer:
+        run(["deb-systemd-helper", "disable", BACKUP_TIMER], check=False)
+        run(["deb-systemd-invoke", "stop", BACKUP_TIMER], check=False, timeout=180)
+    else:
+        run(["systemctl", "disable", "--now", BACKUP_TIMER], timeout=180)
+    return [f"disable the daily backup ({BACKUP_TIMER})"]

@@ -50,6 +50,16 @@ class DatabaseMode(enum.StrEnum):
     POSTGRESQL = "postgresql"
 
 
+class BackupSchedule(enum.StrEnum):
+    OFF = "off"
+    DAILY = "daily"
+
+
+DEFAULT_BACKUP_DIR = "/var/backups/matrix-stack"
+DEFAULT_BACKUP_KEEP = 7
+MAX_BACKUP_KEEP = 366
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every choice the stack is rendered from; built only by from_mapping, so always valid."""
@@ -76,6 +86,9 @@ class Settings:
     behind_proxy: bool = False
     proxy_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
     database: DatabaseMode = DatabaseMode.SQLITE
+    backup_schedule: BackupSchedule = BackupSchedule.OFF
+    backup_dir: str = DEFAULT_BACKUP_DIR
+    backup_keep: int = DEFAULT_BACKUP_KEEP
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -218,6 +231,22 @@ def check_choice(question: str, value: object, choices: type[enum.StrEnum]) -> A
         raise SettingsError(question, value, f"is not one of: {allowed}") from None
 
 
+def check_directory(question: str, value: object) -> str:
+    """Return an absolute directory path (it need not exist yet), or raise SettingsError."""
+    text = str(value or "").strip()
+    if not text.startswith("/") or "\n" in text or any(part == ".." for part in text.split("/")):
+        raise SettingsError(question, value, "must be an absolute directory path")
+    return text.rstrip("/") or "/"
+
+
+def check_keep(question: str, value: object) -> int:
+    """Return how many archives to keep: a whole number from 1 to MAX_BACKUP_KEEP."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= MAX_BACKUP_KEEP:
+        raise SettingsError(question, value, f"must be a whole number from 1 to {MAX_BACKUP_KEEP}")
+    return int(text)
+
+
 def check_bool(question: str, value: object) -> bool:
     """Return a boolean from a YAML boolean or the debconf strings true/false."""
     if isinstance(value, bool):
@@ -319,6 +348,13 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         database=get(
             "database", lambda q, v: check_choice(q, v, DatabaseMode), DatabaseMode.SQLITE
         ),
+        backup_schedule=get(
+            "backup_schedule",
+            lambda q, v: check_choice(q, v, BackupSchedule),
+            BackupSchedule.OFF,
+        ),
+        backup_dir=get("backup_dir", check_directory, DEFAULT_BACKUP_DIR),
+        backup_keep=get("backup_keep", check_keep, DEFAULT_BACKUP_KEEP),
         warnings=tuple(warnings),
     )
     ignored_key_servers = [

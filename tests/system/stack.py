@@ -78,6 +78,20 @@ def synapse_request(
         return error.code, json.loads(error.read() or b"{}")
 
 
+def login(user: str, password: str) -> str:
+    status, body = synapse_request("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user},
+        "password": password,
+    })
+    assert status == 200, body
+    return str(body["access_token"])
+
+
+def add_user(ct: Container, name: str, password: str) -> None:
+    ct.run(["matrix-stack-admin", "user", "add", name, "--password-file", "-"], input=password)
+
+
 def https(
     container: Container,
     path: str,

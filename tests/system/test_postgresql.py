@@ -15,27 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.system import stack
-from tests.system.stack import SERVER, apt_install, install, preseed
+from tests.system.stack import SERVER, add_user, apt_install, install, login, preseed
 from tests.system.stack import synapse_request as client_api
 from tests.system.testbed import Container
 
 pytestmark = pytest.mark.system
 
 PSQL = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "matrix_synapse", "-c"]
-
-
-def login(user: str, password: str) -> str:
-    status, body = client_api("POST", "/_matrix/client/v3/login", {
-        "type": "m.login.password",
-        "identifier": {"type": "m.id.user", "user": user},
-        "password": password,
-    })
-    assert status == 200, body
-    return str(body["access_token"])
-
-
-def add_user(ct: Container, name: str, password: str) -> None:
-    ct.run(["matrix-stack-admin", "user", "add", name, "--password-file", "-"], input=password)
 
 
 def install_postgresql(ct: Container) -> None:
@@ -65,7 +51,7 @@ def fresh(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
         container.close()
 
 
-def test_fresh_install_with_postgresql_runs_synapse_on_it(fresh: Container) -> None:
+def test_fresh_install_with_postgresql_runs_synapse_on_it_and_backs_up(fresh: Container) -> None:
     ct = fresh
     assert "database: postgresql" in stack.read_stack(ct)
     add_user(ct, "alice", "alice-pw-1")
@@ -82,6 +68,26 @@ def test_fresh_install_with_postgresql_runs_synapse_on_it(fresh: Container) -> N
     ct.run(["systemctl", "start", "matrix-synapse"])
     stack.wait_for_client_api(ct)
     login("alice", "alice-pw-2")
+
+    # backup with pg_dump, then a user added later, then restore: the archive's state is back
+    # and the database it replaced is kept under another name.
+    written = ct.run(["matrix-stack-admin", "backup", "/root/backups"], timeout=600).stdout
+    assert "dumping the PostgreSQL database matrix_synapse (pg_dump -Fc)" in written
+    add_user(ct, "dave", "dave-pw")
+    [archive] = sorted(ct.path("/root/backups").glob("matrix-stack-backup-*.tar"))
+    restored = ct.run(
+        ["matrix-stack-admin", "restore", "--yes", f"/root/backups/{archive.name}"], timeout=900
+    ).stdout
+    kept = next(line.split()[-1] for line in restored.splitlines()
+                if line.startswith("kept: PostgreSQL database "))
+    stack.wait_for_client_api(ct)
+    login("alice", "alice-pw-2")
+    dave = f"select count(*) from users where name = '@dave:{SERVER}'"
+    assert psql(ct, dave) == "0"
+    assert ct.run(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", kept, "-c", dave]
+                  ).stdout.strip() == "1"
+    owner = "select pg_get_userbyid(relowner) from pg_class where relname = 'users'"
+    assert psql(ct, owner) == "matrix-synapse"
 
 
 @pytest.fixture()

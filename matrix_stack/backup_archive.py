@@ -1,0 +1,246 @@
+"""The backup archive: an uncompressed tar whose last member is a manifest of checksums.
+
+Members are ``database/…`` (a consistent copy of Synapse's database: SQLite's online backup,
+gzipped, or ``pg_dump -Fc``) and ``files/<absolute path>`` (configuration, secrets, signing
+key, media). ``manifest.json`` comes last, so that writing the archive reads every file once;
+reading it back checks every member against the manifest before anything is changed.
+Only regular files and directories are accepted, with names that stay inside their prefix:
+the archive is trusted no more than any other input (Python 3.11 has no tarfile data_filter,
+so nothing here uses extractall).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from matrix_stack.errors import MatrixStackError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+DATABASE_PREFIX = "database/"
+FILES_PREFIX = "files/"
+SQLITE_MEMBER = "database/homeserver.db.gz"
+POSTGRESQL_MEMBER = "database/matrix_synapse.pgdump"
+CHUNK = 1 << 20
+# Owners a restored file may get; anything else becomes root's.
+KNOWN_OWNERS = ("root", "matrix-synapse", "turnserver", "www-data")
+
+
+@dataclass
+class Manifest:
+    """What an archive holds, written last into it."""
+
+    server_name: str
+    engine: str  # "sqlite" or "postgresql"
+    created: str  # UTC, ISO 8601
+    media_path: str
+    signing_key_path: str
+    counts: dict[str, int]
+    database_bytes: int = 0  # the database copy's size once unpacked
+    sqlite_path: str = ""  # where Synapse's SQLite database was (engine sqlite)
+    versions: dict[str, str] = field(default_factory=dict)
+    # member name -> {"sha256": hex, "size": bytes}
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, archive: Path) -> Manifest:
+        try:
+            raw = json.loads(data)
+            if raw.get("format") != FORMAT:
+                raise MatrixStackError(
+                    f"{archive} has archive format {raw.get('format')!r}; this version reads "
+                    f"format {FORMAT}"
+                )
+            return cls(**raw)
+        except (ValueError, TypeError, AttributeError):
+            raise MatrixStackError(f"{archive}: its manifest is not valid") from None
+
+    @property
+    def database_member(self) -> str:
+        return SQLITE_MEMBER if self.engine == "sqlite" else POSTGRESQL_MEMBER
+
+
+def copy_hashing(source: IO[bytes], target: IO[bytes] | None) -> tuple[str, int]:
+    """Copy source to target (None: only read it); return its sha256 and size."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := source.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        if target is not None:
+            target.write(chunk)
+    return digest.hexdigest(), size
+
+
+class ArchiveWriter:
+    """Add files to an open tar, recording each one's checksum for the manifest."""
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.members: dict[str, dict[str, Any]] = {}
+        self.bytes = 0
+
+    def add_file(self, path: Path, name: str) -> None:
+        """Add the regular file at path as member name, hashing it as it is written."""
+        info = self.tar.gettarinfo(str(path), arcname=name)
+        with path.open("rb") as stream:
+            hashing = _HashingReader(stream)
+            self.tar.addfile(info, hashing)
+        if hashing.size != info.size:
+            raise MatrixStackError(f"{path} changed size while it was being backed up")
+        self.members[name] = {"sha256": hashing.digest.hexdigest(), "size": info.size}
+        self.bytes += info.size
+
+    def add_directory(self, path: Path, name: str) -> None:
+        self.tar.addfile(self.tar.gettarinfo(str(path), arcname=name))
+
+    def add_tree(self, top: Path, progress: Callable[[str], None] | None = None) -> int:
+        """Add top and everything under it (regular files and directories); return the files."""
+        count = 0
+        if not top.is_dir():
+            return 0
+        self.add_directory(top, files_member(top))
+        for directory, subdirectories, names in _walk(top):
+            subdirectories.sort()
+            for subdirectory in subdirectories:
+                candidate = directory / subdirectory
+                if not candidate.is_symlink():
+                    self.add_directory(candidate, files_member(candidate))
+            subdirectories[:] = [d for d in subdirectories if not (directory / d).is_symlink()]
+            for name in sorted(names):
+                candidate = directory / name
+                if candidate.is_file() and not candidate.is_symlink():
+                    self.add_file(candidate, files_member(candidate))
+                    count += 1
+                    if progress is not None and count % 1000 == 0:
+                        progress(f"  {count} files, {self.bytes // 2**20} MiB so far")
+        return count
+
+    def finish(self, manifest: Manifest) -> None:
+        """Write the manifest as the last member."""
+        manifest.members = self.members
+        data = manifest.to_json()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        info.mode = 0o600
+        info.mtime = int(time.time())
+        self.tar.addfile(info, io.BytesIO(data))
+
+
+def _walk(top: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """Path.walk for Python 3.11 (it came in 3.12)."""
+    for directory, subdirectories, names in os.walk(top):
+        yield Path(directory), subdirectories, names
+
+
+class _HashingReader:
+    """A file wrapper that hashes what tarfile reads through it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+def files_member(path: Path) -> str:
+    """Return the member name of an absolute path."""
+    return FILES_PREFIX + str(path).lstrip("/")
+
+
+def member_path(name: str) -> Path:
+    """Return the absolute path a files/ member stands for."""
+    return Path("/") / name.removeprefix(FILES_PREFIX)
+
+
+def check_name(name: str, archive: Path) -> None:
+    """Refuse a member name that is absolute, climbs out, or is not ours."""
+    pure = PurePosixPath(name)
+    if (
+        pure.is_absolute()
+        or ".." in pure.parts
+        or "\\" in name
+        or not (name == MANIFEST or name.startswith((DATABASE_PREFIX, FILES_PREFIX)))
+    ):
+        raise MatrixStackError(f"{archive}: unexpected member {name!r}; not a matrix-stack backup")
+
+
+def open_archive(archive: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive, "r:")
+    except (OSError, tarfile.TarError) as error:
+        raise MatrixStackError(f"cannot read {archive}: {error}") from None
+
+
+def read_manifest(archive: Path) -> Manifest:
+    """Return the archive's manifest (the last member) without checking the other members."""
+    with open_archive(archive) as tar:
+        try:
+            member = tar.getmember(MANIFEST)
+            stream = tar.extractfile(member)
+        except (KeyError, tarfile.TarError, OSError):
+            raise MatrixStackError(
+                f"{archive} has no manifest: not a matrix-stack backup, or cut short"
+            ) from None
+        if stream is None:
+            raise MatrixStackError(f"{archive}: its manifest is not a file")
+        return Manifest.from_json(stream.read(), archive)
+
+
+def verify(archive: Path, progress: Callable[[str], None] | None = None) -> Manifest:
+    """Check every member against the manifest; return it. Changes nothing."""
+    manifest = read_manifest(archive)
+    seen: set[str] = set()
+    try:
+        with open_archive(archive) as tar:
+            for member in tar:
+                name = member.name.rstrip("/")
+                check_name(name, archive)
+                if name == MANIFEST:
+                    continue
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise MatrixStackError(
+                        f"{archive}: {name} is not a regular file; not a matrix-stack backup"
+                    )
+                expected = manifest.members.get(name)
+                if expected is None:
+                    raise MatrixStackError(f"{archive}: {name} is not in the manifest")
+                stream = tar.extractfile(member)
+                assert stream is not None
+                digest, size = copy_hashing(stream, None)
+                if digest != expected.get("sha256") or size != expected.get("size"):
+                    raise MatrixStackError(
+                        f"{archive}: {name} does not match its checksum: the archive is corrupt"
+                    )
+                seen.add(name)
+    except (OSError, tarfile.TarError, EOFError) as error:
+        raise MatrixStackError(f"{archive} is damaged: {error}") from None
+    missing = sorted(set(manifest.members) - seen)
+    if missing:
+        raise MatrixStackError(f"{archive}: {missing[0]} is missing: the archive is incomplete")
+    if manifest.database_member not in seen:
+        raise MatrixStackError(f"{archive} holds no database copy")
+    if progress is not None:
+        total = sum(int(entry["size"]) for entry in manifest.members.values())
+        progress(f"archive verified: {len(seen)} files, {total // 2**20} MiB, checksums match")
+    return manifest

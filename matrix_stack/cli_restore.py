@@ -1,0 +1,52 @@
+"""matrix-stack-admin restore ARCHIVE: put a backup back, or change nothing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_commands(commands: Any) -> None:
+    """Register the restore command on the top-level subparsers."""
+    restore = commands.add_parser(
+        "restore",
+        help="put a backup archive back (same server name only)",
+        description="Check every checksum of ARCHIVE and that it comes from this server name "
+        "before anything is stopped; unpack it beside the live data; then stop Synapse, swap "
+        "the database, media, signing key and matrix-stack's configuration in, apply, start "
+        "Synapse and check the users and rooms counts. Any failure puts the previous data back "
+        "and starts Synapse on it. The data it replaced is kept and named at the end. "
+        "Debian's own homeserver.yaml and log.yaml are kept as installed.",
+    )
+    restore.add_argument("archive", metavar="ARCHIVE", type=Path, help="the backup to restore")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.set_defaults(handler=run_restore)
+
+
+def run_restore(arguments: argparse.Namespace) -> int:
+    from matrix_stack import backup, restore
+    from matrix_stack.apply import ensure_root
+    from matrix_stack.cli_backup import progress
+    from matrix_stack.cli_users import confirm
+
+    ensure_root()
+    archive = arguments.archive.absolute()
+    if not archive.is_file():
+        print(f"matrix-stack-admin: {archive} does not exist", file=sys.stderr)
+        return 1
+    if not arguments.yes and not confirm(
+        f"Restore {archive}? Synapse stops for the swap; the data it replaces is kept."
+    ):
+        print("nothing done")
+        return 1
+    with backup.exclusive_lock():
+        started = time.monotonic()
+        manifest, kept = restore.restore(archive, progress)
+    print(f"restored the {manifest.created} backup of {manifest.server_name} in "
+          f"{time.monotonic() - started:.1f} s; Synapse runs on it")
+    for item in kept:
+        print(f"kept: {item}")
+    return 0

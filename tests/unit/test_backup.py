@@ -1,0 +1,264 @@
+"""The backup archive: what goes in, how it is checked, what restore accepts."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import io
+import sqlite3
+import tarfile
+from contextlib import closing
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from matrix_stack import backup, backup_archive, doctor, restore
+from matrix_stack.backup_archive import ArchiveWriter, Manifest
+from matrix_stack.errors import MatrixStackError, SettingsError
+from matrix_stack.settings import BackupSchedule, from_mapping
+
+NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def manifest(**changes: object) -> Manifest:
+    values: dict[str, object] = {
+        "server_name": "matrix.example.org",
+        "engine": "sqlite",
+        "created": "2026-11-27T12:00:00Z",
+        "media_path": "/var/lib/matrix-synapse/media",
+        "signing_key_path": "/etc/matrix-synapse/homeserver.signing.key",
+        "counts": {"users": 2, "rooms": 1},
+        "sqlite_path": "/var/lib/matrix-synapse/homeserver.db",
+    }
+    values.update(changes)
+    return Manifest(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """A small valid archive: a database member and a tree of files."""
+    tree = tmp_path / "tree"
+    (tree / "media" / "local_content").mkdir(parents=True)
+    (tree / "media" / "local_content" / "abc").write_bytes(b"\x89PNG picture")
+    (tree / "media" / "empty").write_bytes(b"")
+    database = tmp_path / "homeserver.db.gz"
+    database.write_bytes(gzip.compress(b"SQLite format 3\0"))
+    path = tmp_path / "backup.tar"
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
+        writer = ArchiveWriter(tar)
+        writer.add_file(database, backup_archive.SQLITE_MEMBER)
+        assert writer.add_tree(tree / "media") == 2
+        writer.finish(manifest())
+    return path
+
+
+def rewrite(source: Path, target: Path, change: object) -> Path:
+    """Copy an archive member by member, letting change() alter (name, data) or drop one."""
+    with tarfile.open(source) as old, tarfile.open(target, "w:", format=tarfile.PAX_FORMAT) as new:
+        for member in old:
+            stream = old.extractfile(member)
+            data = stream.read() if stream else None
+            result = change(member, data)  # type: ignore[operator]
+            if result is None:
+                continue
+            member, data = result
+            if data is not None:
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data) if data is not None else None)
+    return target
+
+
+def test_a_written_archive_verifies_with_every_member_in_its_manifest(archive: Path) -> None:
+    found = backup_archive.verify(archive)
+    assert found.server_name == "matrix.example.org"
+    assert backup_archive.SQLITE_MEMBER in found.members
+    media = [name for name in found.members if name.startswith("files/")]
+    assert len(media) == 2
+    assert all(name.startswith(backup_archive.FILES_PREFIX) for name in media)
+    with tarfile.open(archive) as tar:
+        assert tar.getnames()[-1] == backup_archive.MANIFEST
+
+
+def test_one_changed_byte_is_refused(archive: Path, tmp_path: Path) -> None:
+    def flip(member: tarfile.TarInfo, data: bytes | None) -> object:
+        if data and member.name.endswith("abc"):
+            data = data[:-1] + b"X"
+        return member, data
+
+    corrupt = rewrite(archive, tmp_path / "corrupt.tar", flip)
+    with pytest.raises(MatrixStackError, match="does not match its checksum"):
+        backup_archive.verify(corrupt)
+
+
+def test_a_missing_member_is_refused(archive: Path, tmp_path: Path) -> None:
+    cut = rewrite(archive, tmp_path / "cut.tar",
+                  lambda m, d: None if m.name.endswith("abc") else (m, d))
+    with pytest.raises(MatrixStackError, match="is missing"):
+        backup_archive.verify(cut)
+
+
+@pytest.mark.parametrize("where", ["abc", backup_archive.MANIFEST])
+def test_an_archive_cut_short_is_refused(archive: Path, tmp_path: Path, where: str) -> None:
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(where))
+    short = tmp_path / "short.tar"
+    short.write_bytes(archive.read_bytes()[: member.offset_data + 3])
+    with pytest.raises(MatrixStackError, match="no manifest|damaged|not valid"):
+        backup_archive.verify(short)
+
+
+@pytest.mark.parametrize(
+    "name", ["../etc/passwd", "/etc/passwd", "files/../../etc/passwd", "other/thing"]
+)
+def test_names_outside_the_archive_layout_are_refused(
+    archive: Path, tmp_path: Path, name: str
+) -> None:
+    def rename(member: tarfile.TarInfo, data: bytes | None) -> object:
+        if member.name.endswith("abc"):
+            member.name = name
+        return member, data
+
+    bad = rewrite(archive, tmp_path / "bad.tar", rename)
+    with pytest.raises(MatrixStackError, match="unexpected member|not in the manifest"):
+        backup_archive.verify(bad)
+
+
+def test_a_symbolic_link_member_is_refused(archive: Path, tmp_path: Path) -> None:
+    def add_link(member: tarfile.TarInfo, data: bytes | None) -> object:
+        if member.name.endswith("abc"):
+            member.type = tarfile.SYMTYPE
+            member.linkname = "/etc/shadow"
+            return member, None
+        return member, data
+
+    bad = rewrite(archive, tmp_path / "link.tar", add_link)
+    with pytest.raises(MatrixStackError, match="not a regular file"):
+        backup_archive.verify(bad)
+
+
+def test_an_unknown_format_is_refused(tmp_path: Path) -> None:
+    data = manifest(format=99).to_json()
+    with pytest.raises(MatrixStackError, match="format 99"):
+        Manifest.from_json(data, tmp_path / "x.tar")
+
+
+def test_archive_names_match_the_prune_pattern() -> None:
+    name = backup.archive_name("matrix.example.org", NOW)
+    assert name == "matrix-stack-backup-matrix.example.org-20261127T120000Z.tar"
+    match = backup.NAME_PATTERN.fullmatch(name)
+    assert match is not None and match["server"] == "matrix.example.org"
+
+
+def test_prune_keeps_the_newest_of_this_server_only(tmp_path: Path) -> None:
+    names = [backup.archive_name("a.example", NOW - datetime.timedelta(days=day))
+             for day in range(5)]
+    other = backup.archive_name("b.example", NOW - datetime.timedelta(days=9))
+    for name in [*names, other, "notes.txt"]:
+        (tmp_path / name).write_text("x")
+    removed = backup.prune(tmp_path, "a.example", 2)
+    assert sorted(path.name for path in removed) == sorted(names[2:])
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [*names[:2], other, "notes.txt"]
+    )
+
+
+def test_the_sqlite_copy_is_complete_and_counted(tmp_path: Path) -> None:
+    live = tmp_path / "homeserver.db"
+    with closing(sqlite3.connect(live)) as connection:
+        connection.execute("CREATE TABLE users (name TEXT)")
+        connection.execute("CREATE TABLE rooms (room_id TEXT)")
+        connection.executemany("INSERT INTO users VALUES (?)", [("@a:x",), ("@b:x",)])
+        connection.execute("INSERT INTO rooms VALUES ('!r:x')")
+        connection.commit()
+        # Still open, as Synapse keeps it: the online backup copies it consistently.
+        stage = tmp_path / "stage"
+        stage.mkdir()
+        compressed, counts, size = backup.copy_sqlite(live, stage)
+    assert counts == {"users": 2, "rooms": 1}
+    unpacked = tmp_path / "copy.db"
+    unpacked.write_bytes(gzip.decompress(compressed.read_bytes()))
+    assert size == unpacked.stat().st_size
+    assert backup.count_sqlite(unpacked) == counts
+    assert not (stage / "homeserver.db").exists()
+
+
+def test_layout_reads_sqlite_and_local_postgresql_and_refuses_remote() -> None:
+    sqlite = backup.Layout.read({"database": {"name": "sqlite3", "args": {
+        "database": "/var/lib/matrix-synapse/homeserver.db"}},
+        "media_store_path": "/srv/media"})
+    assert sqlite.engine == "sqlite"
+    assert sqlite.media_path == Path("/srv/media")
+    assert sqlite.signing_key_path == backup.DEFAULT_SIGNING_KEY
+    local = backup.Layout.read({"database": {"name": "psycopg2", "args": {
+        "database": "matrix_synapse", "host": "/var/run/postgresql"}}})
+    assert (local.engine, local.sqlite_path) == ("postgresql", None)
+    with pytest.raises(MatrixStackError, match="back it up where it runs"):
+        backup.Layout.read({"database": {"name": "psycopg2", "args": {
+            "database": "synapse", "host": "db.example.org"}}})
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/etc/matrix-stack/stack.yaml", True),
+        ("/etc/matrix-stack/secrets/turn_shared_secret", True),
+        ("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml", True),
+        ("/etc/matrix-synapse/homeserver.signing.key", True),
+        ("/etc/apache2/sites-available/matrix-stack.conf", True),
+        ("/etc/matrix-synapse/homeserver.yaml", False),
+        ("/etc/matrix-synapse/log.yaml", False),
+        ("/etc/matrix-synapse/conf.d/notes.txt", False),
+        ("/etc/shadow", False),
+    ],
+)
+def test_which_archived_files_are_written_back(path: str, expected: bool) -> None:
+    assert restore.restorable(Path(path), manifest()) is expected
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"media_path": "/etc"},
+        {"media_path": "/var/lib/matrix-synapse/../../etc"},
+        {"signing_key_path": "/root/.ssh/authorized_keys"},
+        {"sqlite_path": "relative.db"},
+    ],
+)
+def test_an_archive_cannot_place_data_outside_synapse(
+    changes: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backup.Layout, "read", classmethod(lambda cls: (_ for _ in ()).throw(
+        MatrixStackError("no synapse"))))
+    with pytest.raises(MatrixStackError, match="refused"):
+        restore.check_paths(manifest(**changes), Path("/tmp/x.tar"))
+    restore.check_paths(manifest(), Path("/tmp/x.tar"))
+
+
+def test_backup_settings_are_checked() -> None:
+    settings = from_mapping({"server_name": "m.example.org"})
+    assert settings.backup_schedule is BackupSchedule.OFF
+    assert (settings.backup_dir, settings.backup_keep) == ("/var/backups/matrix-stack", 7)
+    chosen = from_mapping({"server_name": "m.example.org", "backup_schedule": "daily",
+                           "backup_dir": "/srv/backups/", "backup_keep": "30"})
+    assert (chosen.backup_schedule, chosen.backup_dir, chosen.backup_keep) == (
+        BackupSchedule.DAILY, "/srv/backups", 30)
+    for key, value in [("backup_keep", 0), ("backup_keep", "many"), ("backup_keep", True),
+                       ("backup_dir", "backups"), ("backup_dir", "/srv/../etc"),
+                       ("backup_schedule", "hourly")]:
+        with pytest.raises(SettingsError, match=key):
+            from_mapping({"server_name": "m.example.org", key: value})
+
+
+def test_doctor_fails_a_late_daily_backup_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    daily = SimpleNamespace(backup_schedule="daily")
+    off = SimpleNamespace(backup_schedule="off")
+    monkeypatch.setattr(backup, "last_backup", lambda: None)
+    assert not doctor.check_backup(daily)[0].ok
+    assert doctor.check_backup(off)[0].warning
+    monkeypatch.setattr(backup, "last_backup", lambda: (Path("/b/x.tar"), 1000.0))
+    fresh = doctor.check_backup(daily, now=1000.0 + 3600)[0]
+    assert fresh.ok and not fresh.warning and "1 h ago" in fresh.detail
+    late = doctor.check_backup(daily, now=1000.0 + 72 * 3600)[0]
+    assert not late.ok
+    assert doctor.check_backup(off, now=1000.0 + 72 * 3600)[0].warning

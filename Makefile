@@ -13,7 +13,7 @@ TEST_DEPS := lintian mmdebstrap systemd-container ucf openssl python3-venv pytho
 	python3-jinja2 python3-yaml python3-bcrypt python3-debian python3-debconf \
 	python3-requests python3-signedjson python3-nacl python3-pexpect python3-psycopg2 \
 	postgresql iproute2 python3-aioice gnupg gpgv python3-dnspython python3-unpaddedbase64 \
-	python3-brotli wrk nghttp2-client gettext haproxy
+	python3-brotli wrk nghttp2-client gettext haproxy groff-base man-db
 PIP_TOOLS := ruff mypy types-PyYAML matrix-nio
 
 .PHONY: all deps deb base-image unit lint system check bench demo demo-stop clean
@@ -28,7 +28,7 @@ deps:
 
 deb: $(DEB)
 
-$(DEB): $(shell find matrix_stack templates data bin doc debian -type f) setup.cfg pyproject.toml
+$(DEB): $(shell find matrix_stack templates data bin doc debian tools -type f) setup.cfg pyproject.toml
 	# One build at a time in this tree (dpkg-buildpackage shares debian/ and .pybuild/).
 	flock /run/lock/matrix-stack-build.lock sh -ec 'debconf-updatepo; \
 		dpkg-buildpackage -us -uc -b; mkdir -p out; \

@@ -56,13 +56,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     apply_parser = commands.add_parser(
         "apply",
         help="re-render from /etc/matrix-stack/stack.yaml, restart only what changed",
-        description="Render every generated file from /etc/matrix-stack/stack.yaml, check it "
-        "with Synapse and apache2ctl configtest, write what changed and restart only the "
-        "services whose configuration changed. A refused configuration leaves the previous "
-        "files live.",
+        description="Render every generated file from /etc/matrix-stack/stack.yaml, check the "
+        "result (Synapse loads the merged configuration; apache2ctl configtest), write what "
+        "changed and restart only the services whose configuration changed. A configuration "
+        "that Synapse or Apache refuses leaves the previous files in place and the command "
+        "says what failed. A generated file you edited is kept: the new version is written "
+        "beside it as FILE.ucf-dist, and apply says so.",
     )
     apply_parser.add_argument(
-        "--dry-run", action="store_true", help="show the changes as a diff, change nothing"
+        "--dry-run", action="store_true",
+        help="show the changes as a unified diff, change nothing",
     )
     apply_parser.set_defaults(handler=run_apply)
 

@@ -25,26 +25,28 @@ def add_commands(commands: Any) -> None:
 
     status = actions.add_parser(
         "status", help="show the installed, previous and configured versions",
-        description="Show the Element release served, the one kept for rollback, and the "
-        "configured version and source.",
+        description="Show the Element release served, the one kept for rollback, the "
+        "configured version and source, and the signing key's fingerprint and URL.",
     )
     status.set_defaults(handler=run_status)
 
     fetch = actions.add_parser(
         "fetch", help="download, verify and install a release",
         description="Download the release tarball and its .asc signature from element_source, "
-        "verify them with gpgv against the pinned key, and serve the release. VERSION is X.Y.Z "
-        "or latest; without it, the configured element_version.",
+        "verify them with gpgv against the pinned key (see ELEMENT RELEASES in "
+        "matrix-stack-admin(8)), unpack and serve the release. VERSION is X.Y.Z or latest; "
+        "without it, the configured element_version. A progress line is shown on a terminal. "
+        "Nothing is downloaded when that version is already served.",
     )
     fetch.add_argument("version", metavar="VERSION", nargs="?", help="X.Y.Z or latest")
     fetch.set_defaults(handler=run_fetch)
 
     install = actions.add_parser(
         "install", help="verify and install a release tarball already on this host",
-        description="Verify a local release tarball with its signature (default TARBALL.asc) "
-        "and serve it.",
+        description="Verify a release tarball already on this host (air-gapped servers) with "
+        "its detached signature (default TARBALL.asc) and serve it.",
     )
-    install.add_argument("tarball", metavar="TARBALL")
+    install.add_argument("tarball", metavar="TARBALL", help="the release tarball")
     install.add_argument(
         "--signature", metavar="F", help="the detached signature (default: TARBALL.asc)"
     )

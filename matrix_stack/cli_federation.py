@@ -14,7 +14,10 @@ MODES = ("allow-list", "open", "off")
 def add_commands(commands: Any) -> None:
     """Register the federation command and its actions on the top-level subparsers."""
     federation = commands.add_parser(
-        "federation", help="which servers this one federates with, and a federation tester"
+        "federation", help="which servers this one federates with, and a federation tester",
+        description="Which servers this one federates with (federation, "
+        "federation_domains and federation_key_servers in /etc/matrix-stack/stack.yaml), and "
+        "a local federation tester.",
     )
     actions = federation.add_subparsers(dest="federation_command", metavar="ACTION",
                                         required=True)
@@ -24,32 +27,44 @@ def add_commands(commands: Any) -> None:
         description="Show the federation mode, the servers on the allow-list and which of "
         "them are trusted key servers, as /etc/matrix-stack/stack.yaml has them.",
     )
-    listing.add_argument("--json", action="store_true", help="print a JSON object")
+    listing.add_argument(
+        "--json", action="store_true",
+        help="print a JSON object (keys server_name, mode, allowed, key_servers)",
+    )
     listing.set_defaults(handler=run_list)
 
     allow = actions.add_parser(
         "allow", help="add servers to the allow-list and apply",
-        description="Add server names (with an optional :port) to federation_domains in "
-        "/etc/matrix-stack/stack.yaml, then apply: Synapse restarts, nothing else.",
+        description="Add server names, each with an optional :port, to federation_domains in "
+        "/etc/matrix-stack/stack.yaml, then apply as apply does: Synapse's settings are "
+        "rewritten and Synapse restarts; nothing else does. Names are validated first, and a "
+        "configuration Synapse refuses leaves stack.yaml as it was. In allow-list mode Synapse "
+        "federates only with these servers, in both directions, and its own media and key "
+        "requests go to them only.",
     )
-    allow.add_argument("domains", nargs="+", metavar="DOMAIN", help="a server name")
-    allow.add_argument("--key-server", action="store_true",
-                       help="also trust these servers as key servers")
+    allow.add_argument("domains", nargs="+", metavar="DOMAIN", help="a server name[:port]")
+    allow.add_argument(
+        "--key-server", action="store_true", help="also trust these servers as key servers "
+        "(federation_key_servers): Synapse then asks them for other servers' signing keys too, "
+        "as the usual recipe has both ends of a private federation do"
+    )
     allow.set_defaults(handler=run_allow)
 
     deny = actions.add_parser(
         "deny", help="remove servers from the allow-list (and the key servers) and apply",
-        description="Remove server names from federation_domains and federation_key_servers "
-        "in /etc/matrix-stack/stack.yaml, then apply.",
+        description="Remove server names from the allow-list (federation_domains) and from "
+        "the key servers (federation_key_servers) in /etc/matrix-stack/stack.yaml, then apply.",
     )
     deny.add_argument("domains", nargs="+", metavar="DOMAIN", help="a server name")
     deny.set_defaults(handler=run_deny)
 
     mode = actions.add_parser(
         "mode", help="allow-list, open or off, and apply",
-        description="Set the federation mode: allow-list (only the listed servers), open "
-        "(every server; matrix.org is a trusted key server) or off (no federation at all). "
-        "Element's default for new rooms follows.",
+        description="Set the federation mode, then apply. allow-list (the default) federates "
+        "only with the listed servers (federation_domain_whitelist); open federates with every "
+        "server and trusts matrix.org as a key server (its warning is silenced); off gives "
+        "Synapse an empty allow-list: no federation at all. Element's default for new rooms "
+        "(default_federate) follows: off makes new rooms local.",
     )
     mode.add_argument("mode", choices=MODES, metavar="MODE", help="allow-list, open or off")
     mode.set_defaults(handler=run_mode)
@@ -57,21 +72,33 @@ def add_commands(commands: Any) -> None:
     key_servers = actions.add_parser(
         "key-servers", help="list the servers trusted to vouch for other servers' keys",
         description="List the trusted key servers Synapse asks for other servers' signing "
-        "keys; none means keys are fetched from each server itself.",
+        "keys: none in allow-list mode (each server's keys come from that server itself) "
+        "unless added with --key-server; matrix.org and those in open mode; none when "
+        "federation is off.",
     )
     key_servers.add_argument("--json", action="store_true", help="print a JSON list")
     key_servers.set_defaults(handler=run_key_servers)
 
     check = actions.add_parser(
         "check", help="test a server's federation as another server would reach it",
-        description="Resolve SERVER (default: this server) as Matrix servers do (.well-known, "
-        "SRV _matrix-fed._tcp then _matrix._tcp, else port 8448), then for every address "
-        "check the TLS certificate against this system's trust store, the signed keys at "
-        "/_matrix/key/v2/server and /_matrix/federation/v1/version, and last whether this "
-        "server's allow-list admits SERVER. One line per check; exit status 1 if any failed.",
+        description="A local federation tester: check SERVER (default: this server) as "
+        "another Matrix server would reach it, one line per check (\u2713 passed, \u2717 "
+        "failed, ! warning), exit status 1 if any check failed. In order: its "
+        "/.well-known/matrix/server (redirects followed, at most 50 KiB, JSON with m.server, "
+        "served as application/json); DNS SRV _matrix-fed._tcp then the deprecated "
+        "_matrix._tcp, else port 8448 (none of these when the name has a port or is an IP "
+        "address); every address the host resolves to; for each address, a TLS certificate "
+        "valid for the delegated host name against this system's trust store (what Synapse "
+        "uses), named self-signed when it is; /_matrix/key/v2/server (its server_name "
+        "matches, valid_until_ts is in the future, every ed25519 key's signature verifies); "
+        "/_matrix/federation/v1/version; last, whether this server's allow-list admits "
+        "SERVER. Nothing is sent to an outside tester.",
     )
     check.add_argument("server", nargs="?", metavar="SERVER", help="a server name[:port]")
-    check.add_argument("--json", action="store_true", help="print the checks as JSON")
+    check.add_argument(
+        "--json", action="store_true", help="print server, ok and the list of checks (each "
+        "with check, status (pass, fail, warn), detail and address) instead of lines"
+    )
     check.set_defaults(handler=run_check)
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from matrix_stack.cli_users import PASSWORD_FILE_HELP, refuse_service_account, target_user
+from matrix_stack.cli_users import (
+    NAME_HELP,
+    PASSWORD_FILE_HELP,
+    refuse_service_account,
+    target_user,
+)
 from matrix_stack.errors import MatrixStackError
 
 
@@ -15,17 +20,20 @@ def add_commands(commands: Any) -> None:
         "passwd",
         help="set a user's password (online, or offline when Synapse is stopped)",
         description="Set a user's password. While Synapse runs this goes through its admin "
-        "API and ends every session of the user unless --keep-sessions; when Synapse is "
-        "stopped (or with --offline) the database is updated directly, hashing exactly as "
-        "Synapse does, and the user's sessions are ended.",
+        "API and ends every session of the user unless --keep-sessions. When Synapse is "
+        "stopped, or with --offline, Synapse's database is written directly (SQLite or "
+        "PostgreSQL, as configured in homeserver.yaml and conf.d/), hashing the password "
+        "exactly as Synapse does (NFKC normalisation, pepper, bcrypt rounds); the user's "
+        "sessions end too.",
     )
-    passwd.add_argument("name", metavar="NAME")
+    passwd.add_argument("name", metavar="NAME", help=NAME_HELP)
     passwd.add_argument("--password-file", metavar="F", help=PASSWORD_FILE_HELP)
     passwd.add_argument(
         "--keep-sessions", action="store_true", help="keep the user's sessions (online only)"
     )
     passwd.add_argument(
-        "--offline", action="store_true", help="write the database directly (Synapse stopped)"
+        "--offline", action="store_true",
+        help="write the database directly; refused while Synapse runs",
     )
     passwd.add_argument(
         "--force",

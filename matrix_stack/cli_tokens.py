@@ -16,26 +16,42 @@ _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def add_commands(commands: Any) -> None:
     """Register the token commands on the top-level subparsers."""
-    token = commands.add_parser("token", help="registration tokens (registration mode token)")
+    token = commands.add_parser(
+        "token",
+        help="registration tokens (registration mode token)",
+        description="Synapse's registration tokens: who may create an account when the "
+        "question matrix-stack/registration is answered token.",
+    )
     actions = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     new = actions.add_parser(
         "new",
         help="make a registration token and print it with the registration address",
-        description="Make a registration token. Only useful when registration is in 'token' "
-        "mode (matrix-stack/registration).",
+        description="Make a registration token, for registration mode token "
+        "(matrix-stack/registration), and print it with the address to register at (Element's "
+        "domain). Refused, saying how to switch, when registration is in another mode.",
     )
-    new.add_argument("--uses", type=int, metavar="N", help="how many accounts it may create")
+    new.add_argument("--uses", type=int, metavar="N",
+                     help="how many accounts it may create (default: unlimited)")
     new.add_argument(
         "--expires", metavar="WHEN",
         help="expiry: a date (2026-12-31, the end of that day, UTC), an ISO time, or a "
         "duration from now (30m, 12h, 7d, 2w)",
     )
     new.set_defaults(handler=run_new)
-    listing = actions.add_parser("list", help="list the tokens, uses left and expiry")
-    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    listing = actions.add_parser(
+        "list", help="list the tokens, uses left and expiry",
+        description="List the tokens with their uses left and expiry.",
+    )
+    listing.add_argument(
+        "--json", action="store_true",
+        help="print a JSON list (keys token, uses_allowed, uses_left, completed, expires)",
+    )
     listing.set_defaults(handler=run_list)
-    revoke = actions.add_parser("revoke", help="delete a token so that it creates no account")
-    revoke.add_argument("token", metavar="TOKEN")
+    revoke = actions.add_parser(
+        "revoke", help="delete a token so that it creates no account",
+        description="Delete a token: it creates no more accounts.",
+    )
+    revoke.add_argument("token", metavar="TOKEN", help="the token to delete")
     revoke.set_defaults(handler=run_revoke)
 
 

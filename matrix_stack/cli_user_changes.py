@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from matrix_stack.cli_users import (
+    NAME_HELP,
     PASSWORD_FILE_HELP,
     format_time,
     refuse_service_account,
@@ -21,9 +22,10 @@ def add_commands(user_commands: Any) -> None:
         "modify",
         help="change administrator rights, display name, or re-activate",
         description="Change an account through the admin API. The last administrator cannot "
-        "lose its rights. Re-activating needs a new password (deactivation wiped it).",
+        "lose its rights. Re-activating needs a new password (deactivation wiped it): it is "
+        "asked for, or read with --password-file.",
     )
-    modify.add_argument("name", metavar="NAME")
+    modify.add_argument("name", metavar="NAME", help=NAME_HELP)
     rights = modify.add_mutually_exclusive_group()
     rights.add_argument("--admin", action="store_true", default=None, help="make it an admin")
     rights.add_argument(
@@ -40,19 +42,23 @@ def add_commands(user_commands: Any) -> None:
     show = user_commands.add_parser(
         "show",
         help="show an account and its sessions",
-        description="Show an account: admin, deactivated, created, last seen, and its devices "
-        "(sessions) with their last address and time.",
+        description="Show an account: administrator, deactivated, creation and last seen "
+        "times, and its devices (sessions) with their name, last address and last seen time.",
     )
-    show.add_argument("name", metavar="NAME")
-    show.add_argument("--json", action="store_true", help="print JSON for scripts")
+    show.add_argument("name", metavar="NAME", help=NAME_HELP)
+    show.add_argument(
+        "--json", action="store_true", help="print a JSON object (keys user_id, displayname, "
+        "admin, deactivated, created, last_seen, device_count, devices)"
+    )
     show.set_defaults(handler=run_show)
 
     logout = user_commands.add_parser(
         "logout",
         help="end one session of a user, or all of them",
-        description="End a user's sessions: every one, or the device given.",
+        description="End a user's sessions, every one or only the device given; their access "
+        "tokens stop working at once.",
     )
-    logout.add_argument("name", metavar="NAME")
+    logout.add_argument("name", metavar="NAME", help=NAME_HELP)
     logout.add_argument("--device", metavar="ID", help="end only this device's session")
     logout.set_defaults(handler=run_logout)
 

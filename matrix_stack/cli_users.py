@@ -11,21 +11,31 @@ from typing import Any
 
 from matrix_stack.errors import MatrixStackError
 
-PASSWORD_FILE_HELP = "read the password from file F ('-': standard input) instead of prompting"
+PASSWORD_FILE_HELP = (
+    "read the password from file F ('-': standard input) instead of prompting; passwords are "
+    "never given on the command line"
+)
+NAME_HELP = "a user name, or @name:SERVER of this server"
 
 
 def add_commands(commands: Any) -> None:
     """Register the user and passwd commands on the top-level subparsers."""
-    user = commands.add_parser("user", help="add, list, deactivate accounts")
+    user = commands.add_parser(
+        "user",
+        help="add, list, deactivate accounts",
+        description="The accounts of this server, through Synapse's admin API: add, list, "
+        "deactivate, modify, show and log out users.",
+    )
     user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
 
     add = user_commands.add_parser(
         "add",
         help="create an account (shared-secret registration)",
-        description="Create an account. NAME is a user name or @name:SERVER of this server. "
-        "Without --password-file the password is asked twice.",
+        description="Create an account with Synapse's shared-secret registration. NAME is a "
+        "user name or a full @name:SERVER of this server. The password is asked twice, or read "
+        "from a file with --password-file.",
     )
-    add.add_argument("name", metavar="NAME")
+    add.add_argument("name", metavar="NAME", help=NAME_HELP)
     add.add_argument("--admin", action="store_true", help="make it a server administrator")
     add.add_argument("--password-file", metavar="F", help=PASSWORD_FILE_HELP)
     add.add_argument(
@@ -36,10 +46,14 @@ def add_commands(commands: Any) -> None:
     listing = user_commands.add_parser(
         "list",
         help="list the accounts",
-        description="List every account of this server: name, admin, deactivated, created, "
-        "last seen.",
+        description="List every account (all pages of Synapse's admin API): name, "
+        "administrator, deactivated, creation time and last seen time. matrix-stack-admin's "
+        "own service account is not shown.",
     )
-    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    listing.add_argument(
+        "--json", action="store_true", help="print a JSON list of objects with the keys "
+        "user_id, admin, deactivated, created and last_seen"
+    )
     listing.add_argument("--all", action="store_true", help="include deactivated accounts")
     listing.set_defaults(handler=run_list)
 
@@ -47,9 +61,9 @@ def add_commands(commands: Any) -> None:
         "deactivate",
         help="deactivate an account (it cannot log in again)",
         description="Deactivate an account: its sessions end, it leaves its rooms and can no "
-        "longer log in.",
+        "longer log in. Asks for confirmation on the terminal.",
     )
-    deactivate.add_argument("name", metavar="NAME")
+    deactivate.add_argument("name", metavar="NAME", help=NAME_HELP)
     deactivate.add_argument(
         "--erase", action="store_true", help="also erase the display name, avatar and messages "
         "for new room members (GDPR erasure)"

@@ -41,10 +41,18 @@ def add_commands(commands: Any) -> None:
     doctor = commands.add_parser(
         "doctor",
         help="check the whole stack, one line per check",
-        description="Check services, ports, certificates, generated files, Synapse, "
-        "federation, TURN, Element and free disk space. Exit status 1 when a check fails.",
+        description="Run every check of the stack, one line each, marked as passed, warning "
+        "(!) or failed: services active; ports listening (8008 on loopback, 443, 8448, 3478 "
+        "UDP and TCP); the certificate valid (a warning under 14 days); every generated file "
+        "in step with stack.yaml or edited locally (ucf); Synapse's version and health; the "
+        "federation self-check; the TURN test; the Element version served against the one "
+        "configured; free disk space for Synapse's database and media. The exit status is 1 "
+        "when any check fails.",
     )
-    doctor.add_argument("--json", action="store_true", help="print JSON for scripts")
+    doctor.add_argument(
+        "--json", action="store_true",
+        help="print a JSON list of checks (keys name, ok, detail, hint, warning)",
+    )
     doctor.set_defaults(handler=run_doctor)
 
 

@@ -25,16 +25,22 @@ def add_commands(commands: Any) -> None:
     parser = commands.add_parser(
         "proxy-config", help="print a Traefik or HAProxy configuration for this stack",
         description="Print a ready configuration for an outside reverse proxy in front of "
-        "this stack: TLS and HTTP/2 on 443 (client API, .well-known, Element) and 8448 "
-        "(federation), X-Forwarded-For and X-Forwarded-Proto set, the Host header and "
-        "encoded paths passed on unchanged to Apache's plain HTTP port 80 "
-        "(matrix-stack/behind-proxy).",
+        "this stack: a Traefik dynamic configuration (file provider, YAML; the static entry "
+        "points it needs are shown in its comments) or an HAProxy frontend and backend. The "
+        "proxy terminates TLS with HTTP/2 on 443 (client API, /.well-known/matrix, Element) "
+        "and 8448 (federation), sets X-Forwarded-For and X-Forwarded-Proto, passes the Host "
+        "header and encoded paths (%2F) on unchanged, and forwards to Apache's plain HTTP "
+        "port 80.",
+        epilog="Answer matrix-stack/behind-proxy with yes, and list the proxy's address in "
+        "proxy_addresses of /etc/matrix-stack/stack.yaml: Apache serves that address only "
+        "and trusts X-Forwarded-For from it alone.",
     )
     parser.add_argument("proxy", choices=PROXIES, metavar="PROXY", help="traefik or haproxy")
     parser.add_argument(
         "--backend", metavar="HOST[:PORT]",
         help="where the proxy reaches this host's Apache (default: 127.0.0.1:80 when "
-        "proxy_addresses are loopback only, else this host's address on its default route)",
+        "proxy_addresses are loopback only, the proxy running on this host; else this host's "
+        "address on its default route, port 80)",
     )
     parser.set_defaults(handler=run_proxy_config)
 

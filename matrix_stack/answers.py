@@ -29,6 +29,11 @@ def _word_list(value: str) -> Any:
     return settings_module.split_list(value)
 
 
+def _number(value: str) -> Any:
+    text = value.strip()
+    return int(text) if text.isdigit() else text
+
+
 def _from_text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -71,10 +76,16 @@ ANSWERS: tuple[Answer, ...] = (
     Answer("matrix-stack/registration", "registration"),
     Answer("matrix-stack/behind-proxy", "behind_proxy", _boolean, _from_boolean),
     Answer("matrix-stack/database", "database"),
+    Answer("matrix-stack/database-host", "database_host"),
+    Answer("matrix-stack/database-port", "database_port", _number),
+    Answer("matrix-stack/database-name", "database_name"),
+    Answer("matrix-stack/database-user", "database_user"),
 )
 
 # Asked, but kept nowhere on disk: they trigger a one-time action (the bootstrap admin).
 BOOTSTRAP_QUESTIONS = ("matrix-stack/admin-user", "matrix-stack/admin-password")
+# Asked, written to a root-only file, then cleared from the debconf database.
+DATABASE_PASSWORD_QUESTION = "matrix-stack/database-password"
 
 # Kept in stack.yaml only (no question yet): the outside proxy allowed to set X-Forwarded-*,
 # Element's signing key URL and

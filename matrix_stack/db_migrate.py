@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from matrix_stack import answers, postgres
+from matrix_stack import answers, postgres, secrets
 from matrix_stack.apply import apply
 from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.errors import MatrixStackError
@@ -112,6 +112,43 @@ def count_postgresql(runner: postgres.Runner = postgres.psql_as_postgres) -> Cou
     return Counts(*values)
 
 
+TABLES_SQL = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The PostgreSQL database the data goes to: on this host, or remote."""
+
+    settings: Settings
+
+    def __str__(self) -> str:
+        if not self.settings.remote_database:
+            return f"PostgreSQL database {postgres.DATABASE}"
+        return (f"PostgreSQL database {self.settings.database_name} on "
+                f"{self.settings.database_host}:{self.settings.database_port}")
+
+    def prepare(self, progress: Callable[[str], None]) -> None:
+        if self.settings.remote_database:
+            progress(postgres.check_remote(self.settings))
+            return
+        postgres.check_server()
+        for line in postgres.ensure_database():
+            progress(line)
+
+    def is_empty(self) -> bool:
+        if self.settings.remote_database:
+            return postgres.remote_query(self.settings, TABLES_SQL)[0][0] == "0"
+        return postgres.database_is_empty()
+
+    def counts(self) -> Counts:
+        if not self.settings.remote_database:
+            return count_postgresql()
+        return Counts(*(
+            int(postgres.remote_query(self.settings, f"SELECT count(*) FROM {table}")[0][0])
+            for table in COUNTED_TABLES
+        ))
+
+
 def check_free_disk(sqlite: Path, data_dir: Path = POSTGRESQL_DATA_DIR) -> None:
     """Refuse unless PostgreSQL's disk has twice the SQLite file's size free (data, indexes)."""
     needed = 2 * sqlite.stat().st_size
@@ -123,18 +160,19 @@ def check_free_disk(sqlite: Path, data_dir: Path = POSTGRESQL_DATA_DIR) -> None:
         )
 
 
-def port_config(config: dict[str, Any]) -> str:
+def port_config(config: dict[str, Any], block: dict[str, Any] | None = None) -> str:
     """Return Synapse's configuration with the PostgreSQL database block, for the port script."""
-    return yaml.safe_dump({**config, "database": postgres.SYNAPSE_DATABASE_BLOCK})
+    return yaml.safe_dump({**config, "database": block or postgres.SYNAPSE_DATABASE_BLOCK})
 
 
-def run_port_script(script: Path, sqlite: Path) -> None:
+def run_port_script(script: Path, sqlite: Path, target: Target) -> None:
     """Copy the SQLite data into PostgreSQL as the matrix-synapse user (peer authentication)."""
     uid, gid = lookup_ids(SYNAPSE_USER, "root")
     with tempfile.TemporaryDirectory(prefix="matrix-stack-port-") as stage:
         os.chown(stage, uid, gid)
         config = Path(stage) / "postgres.yaml"
-        config.write_text(port_config(read_merged_config()), encoding="utf-8")
+        block = postgres.synapse_database_block(target.settings)
+        config.write_text(port_config(read_merged_config(), block), encoding="utf-8")
         config.chmod(0o600)
         os.chown(config, uid, gid)
         run(
@@ -158,8 +196,17 @@ def switch_to(stack: dict[str, Any], mode: DatabaseMode) -> Settings:
     return settings
 
 
-def migrate(progress: Callable[[str], None], synapse: Synapse | None = None) -> Counts:
-    """Port Synapse's SQLite data to PostgreSQL, switch to it and verify; undo on any failure."""
+def migrate(
+    progress: Callable[[str], None],
+    synapse: Synapse | None = None,
+    remote: dict[str, Any] | None = None,
+    password: str | None = None,
+) -> Counts:
+    """Port Synapse's SQLite data to PostgreSQL, switch to it and verify; undo on any failure.
+
+    remote: database_host, database_port, database_name, database_user of a remote server
+    (its password, when given, is stored first); None: PostgreSQL on this host.
+    """
     stack = answers.read_stack()
     settings = answers.load_settings(stack, str(answers.STACK_PATH))
     if settings.database is DatabaseMode.POSTGRESQL:
@@ -170,15 +217,21 @@ def migrate(progress: Callable[[str], None], synapse: Synapse | None = None) -> 
             f"{SYNAPSE_SQLITE_PATH} holds no data: answer postgresql instead, with: "
             "dpkg-reconfigure matrix-stack"
         )
-    script = find_port_script()
-    postgres.check_server()
-    for line in postgres.ensure_database():
-        progress(line)
-    if not postgres.database_is_empty():
+    new_stack = {**stack, **(remote or {"database_host": ""}), "database": "postgresql"}
+    target = Target(answers.load_settings(new_stack, "command line"))
+    if password is not None:
+        secrets.store_database_password(password)
+    elif target.settings.remote_database and not secrets.has_database_password():
         raise MatrixStackError(
-            f"PostgreSQL database {postgres.DATABASE} is not empty; migrate only into an empty one"
+            f"no password stored for PostgreSQL role {target.settings.database_user}: "
+            "give it with --password-file"
         )
-    check_free_disk(sqlite)
+    script = find_port_script()
+    target.prepare(progress)
+    if not target.is_empty():
+        raise MatrixStackError(f"{target} is not empty; migrate only into an empty one")
+    if not target.settings.remote_database:
+        check_free_disk(sqlite)
     wait_for_background_updates(sqlite, progress)
     progress("stopping Synapse")
     systemctl("stop")
@@ -187,31 +240,31 @@ def migrate(progress: Callable[[str], None], synapse: Synapse | None = None) -> 
         before = count_sqlite(sqlite)
         started = time.monotonic()
         progress(
-            f"copying {before} from {sqlite} into PostgreSQL with {script.name} "
+            f"copying {before} from {sqlite} into {target} with {script.name} "
             "(this can take a while)"
         )
-        run_port_script(script, sqlite)
+        run_port_script(script, sqlite, target)
         progress(f"copied in {time.monotonic() - started:.0f} s; checking the counts")
-        verify(before)
+        verify(before, target)
         progress("switching Synapse to PostgreSQL")
-        switch_to(stack, DatabaseMode.POSTGRESQL)
+        switch_to(new_stack, DatabaseMode.POSTGRESQL)
         systemctl("start")
         if not wait_until_answering(synapse or Synapse(), 120, time.sleep):
             raise MatrixStackError("Synapse did not answer on PostgreSQL within 120 s")
-        verify(before)
+        verify(before, target)
     except (MatrixStackError, OSError) as error:
         progress("failed: going back to SQLite")
         restore(stack)
         raise MatrixStackError(
             f"migration failed ({error}); Synapse runs on SQLite again, {sqlite} untouched; "
-            f"empty PostgreSQL database {postgres.DATABASE} before trying again"
+            f"empty {target} before trying again"
         ) from None
     return before
 
 
-def verify(before: Counts) -> None:
+def verify(before: Counts, target: Target) -> None:
     """Raise unless PostgreSQL holds as many users and rooms as SQLite did."""
-    after = count_postgresql()
+    after = target.counts()
     if after != before:
         raise MatrixStackError(f"PostgreSQL holds {after}, SQLite held {before}")
 

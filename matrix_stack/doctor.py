@@ -199,10 +199,17 @@ def check_disk() -> list[Check]:
                   "free some space", warning=low)]
 
 
-def check_database() -> list[Check]:
+def check_database(settings: Any) -> list[Check]:
     """The engine Synapse uses and its size, read from Synapse's own configuration."""
-    from matrix_stack import backup
+    from matrix_stack import backup, postgres
 
+    if settings.remote_database:
+        try:
+            rows = postgres.remote_query(settings, "SELECT pg_database_size(current_database())")
+        except MatrixStackError as error:
+            return [Check("database", False, str(error), "see: journalctl -u matrix-synapse")]
+        return [Check("database", True, f"postgresql on {settings.database_host}:"
+                      f"{settings.database_port}, {int(rows[0][0]) / 2**20:.1f} MiB")]
     try:
         layout = backup.Layout.read()
         size = backup.database_size(layout)
@@ -244,7 +251,7 @@ def run_doctor(arguments: argparse.Namespace) -> int:
         lambda: check_services(settings), lambda: check_ports(settings),
         lambda: check_certificate(settings), lambda: check_files(settings), check_synapse,
         lambda: federation_checks(settings), lambda: check_turn(settings),
-        lambda: check_element(settings), check_disk, check_database,
+        lambda: check_element(settings), check_disk, lambda: check_database(settings),
         lambda: check_backup(settings),
     )
     for step in steps:

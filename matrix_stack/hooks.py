@@ -14,6 +14,7 @@ from pathlib import Path
 from matrix_stack import answers, postgres
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.settings import Settings
 
 PROGRAM = "matrix-stack"
 
@@ -28,6 +29,7 @@ def configure(
     stack = answers.read_stack(root) if stack_exists else {}
     stack.update(answers.yaml_from_debconf(debconf))
     settings = answers.load_settings(stack, "debconf", root)
+    store_database_password(debconf, settings, root)
     # Before stack.yaml is written: a missing PostgreSQL or a switch losing data changes nothing.
     prepared = postgres.prepare(settings, root) if root == Path("/") else []
     answers.write_stack(stack, root)
@@ -36,6 +38,27 @@ def configure(
         prepare_database=lambda _settings, _root: [],
     )
     return list(settings.warnings) + prepared + report.lines()
+
+
+def store_database_password(
+    debconf: answers.DebconfLike, settings: Settings, root: Path = Path("/")
+) -> None:
+    """Keep the remote PostgreSQL password in its root-only file; never in debconf."""
+    from matrix_stack import secrets
+
+    try:
+        password = debconf.get(answers.DATABASE_PASSWORD_QUESTION)
+    finally:
+        debconf.set(answers.DATABASE_PASSWORD_QUESTION, "")
+    if not settings.remote_database:
+        return
+    if password:
+        secrets.store_database_password(password, root)
+    elif not secrets.has_database_password(root):
+        raise MatrixStackError(
+            f"matrix-stack/database-password: a password for PostgreSQL role "
+            f"{settings.database_user} is needed; run: dpkg-reconfigure matrix-stack"
+        )
 
 
 def bootstrap(debconf: answers.DebconfLike, server_name: str) -> list[str]:
@@ -78,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROGRAM}: {line}", file=sys.stderr)
     except MatrixStackError as error:
         session.set("matrix-stack/admin-password", "")
+        session.set(answers.DATABASE_PASSWORD_QUESTION, "")
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 1
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from matrix_stack.errors import CommandError, MatrixStackError
 from matrix_stack.host import synapse_has_database
 from matrix_stack.render import SYNAPSE_CONF_PATH
 from matrix_stack.run import run
+from matrix_stack.secrets import DATABASE_PASSFILE
 from matrix_stack.settings import DatabaseMode, Settings
 
 # Synapse runs as the unix user matrix-synapse, so peer authentication needs a role of that
@@ -160,5 +162,90 @@ def prepare(
     if settings.database is not DatabaseMode.POSTGRESQL:
         return []
     check_switch(settings, root)
+    if settings.remote_database:
+        return [check_remote(settings)]
     check_server(runner)
     return ensure_database(runner)
+
+
+def synapse_database_block(settings: Settings) -> dict[str, Any]:
+    """Return Synapse's database: block for PostgreSQL (the template renders the same)."""
+    if not settings.remote_database:
+        return SYNAPSE_DATABASE_BLOCK
+    return {
+        "name": "psycopg2",
+        "args": {
+            "host": settings.database_host,
+            "port": settings.database_port,
+            "database": settings.database_name,
+            "user": settings.database_user,
+            "passfile": str(DATABASE_PASSFILE),
+            "cp_min": 5,
+            "cp_max": 10,
+        },
+    }
+
+
+# Run by Synapse's own Python as its user, so it connects exactly as Synapse will: the same
+# psycopg2, the same passfile. Prints JSON: the rows, or the first line of the error.
+REMOTE_PROBE = """
+import json, sys
+import psycopg2
+arguments, statement = json.loads(sys.argv[1]), sys.argv[2]
+try:
+    with psycopg2.connect(connect_timeout=10, **arguments) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+            rows = [[str(value) for value in row] for row in cursor.fetchall()]
+    connection.close()
+except psycopg2.Error as error:
+    lines = str(error).strip().splitlines()
+    print(json.dumps({"error": lines[0] if lines else type(error).__name__}))
+else:
+    print(json.dumps({"rows": rows}))
+"""
+
+
+def remote_query(settings: Settings, statement: str) -> list[list[str]]:
+    """Run one statement on the remote database as Synapse would connect; return its rows."""
+    from matrix_stack.services import SYNAPSE_USER, synapse_python
+
+    arguments = {
+        "host": settings.database_host,
+        "port": settings.database_port,
+        "dbname": settings.database_name,
+        "user": settings.database_user,
+        "passfile": str(DATABASE_PASSFILE),
+    }
+    where = (f"PostgreSQL database {settings.database_name} on "
+             f"{settings.database_host}:{settings.database_port} as {settings.database_user}")
+    try:
+        output = run(
+            [str(synapse_python()), "-c", REMOTE_PROBE, json.dumps(arguments), statement],
+            user=SYNAPSE_USER, timeout=60,
+        ).stdout
+        answer = json.loads(output.strip().splitlines()[-1])
+    except (CommandError, ValueError, IndexError) as error:
+        raise MatrixStackError(f"cannot reach {where}: {error}") from None
+    if "error" in answer:
+        raise MatrixStackError(f"cannot use {where}: {answer['error']}")
+    return [list(row) for row in answer["rows"]]
+
+
+def check_remote(settings: Settings) -> str:
+    """Raise one line unless the remote database answers with what Synapse requires."""
+    rows = remote_query(
+        settings,
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+        "WHERE datname = current_database()",
+    )
+    encoding, collate, ctype = rows[0]
+    if encoding != "UTF8" or collate != "C" or ctype != "C":
+        raise MatrixStackError(
+            f"PostgreSQL database {settings.database_name} has encoding {encoding}, "
+            f"LC_COLLATE {collate}, LC_CTYPE {ctype}; Synapse needs UTF8 and C: create it with "
+            f"CREATE DATABASE {settings.database_name} ENCODING 'UTF8' LC_COLLATE 'C' "
+            f"LC_CTYPE 'C' TEMPLATE template0 OWNER {settings.database_user}"
+        )
+    return (f"PostgreSQL database {settings.database_name} on {settings.database_host}:"
+            f"{settings.database_port} answers (UTF8, C)")

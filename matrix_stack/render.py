@@ -11,7 +11,12 @@ import jinja2
 
 from matrix_stack.files import FileSpec
 from matrix_stack.host import Facts, is_private_address
-from matrix_stack.secrets import REGISTRATION_SECRET_PATH, TURN_SECRET_PATH, Secrets
+from matrix_stack.secrets import (
+    DATABASE_PASSFILE,
+    REGISTRATION_SECRET_PATH,
+    TURN_SECRET_PATH,
+    Secrets,
+)
 from matrix_stack.settings import FederationMode, RegistrationMode, Settings
 from matrix_stack.tls import certificate_paths
 
@@ -126,6 +131,7 @@ def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[File
         "facts": facts,
         "tls_paths": certificate_paths(settings),
         "registration_secret_path": str(REGISTRATION_SECRET_PATH),
+        "database_passfile": str(DATABASE_PASSFILE),
         "turn_secret_path": str(TURN_SECRET_PATH),
         "denied_ranges": denied_ranges(),
         "allowed_peers": allowed_peers(facts),

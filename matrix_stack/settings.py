@@ -55,6 +55,9 @@ class BackupSchedule(enum.StrEnum):
     DAILY = "daily"
 
 
+DEFAULT_DATABASE_NAME = "matrix_synapse"
+DEFAULT_DATABASE_PORT = 5432
+_PG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 DEFAULT_BACKUP_DIR = "/var/backups/matrix-stack"
 DEFAULT_BACKUP_KEEP = 7
 MAX_BACKUP_KEEP = 366
@@ -86,6 +89,11 @@ class Settings:
     behind_proxy: bool = False
     proxy_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
     database: DatabaseMode = DatabaseMode.SQLITE
+    # Empty: PostgreSQL on this host (socket, peer authentication); else a remote server.
+    database_host: str = ""
+    database_port: int = DEFAULT_DATABASE_PORT
+    database_name: str = DEFAULT_DATABASE_NAME
+    database_user: str = DEFAULT_DATABASE_NAME
     backup_schedule: BackupSchedule = BackupSchedule.OFF
     backup_dir: str = DEFAULT_BACKUP_DIR
     backup_keep: int = DEFAULT_BACKUP_KEEP
@@ -105,6 +113,11 @@ class Settings:
             return tuple(dict.fromkeys(("matrix.org", *self.federation_key_servers)))
         # Synapse refuses to ask a key server that its whitelist does not admit.
         return tuple(k for k in self.federation_key_servers if k in self.federation_domains)
+
+    @property
+    def remote_database(self) -> bool:
+        """Return whether Synapse uses a PostgreSQL server on another host."""
+        return self.database is DatabaseMode.POSTGRESQL and bool(self.database_host)
 
     @property
     def certificate_names(self) -> tuple[str, ...]:
@@ -231,6 +244,31 @@ def check_choice(question: str, value: object, choices: type[enum.StrEnum]) -> A
         raise SettingsError(question, value, f"is not one of: {allowed}") from None
 
 
+def check_database_host(question: str, value: object) -> str:
+    """Return '' (this host), an IP address or a DNS name."""
+    text = str(value or "").strip()
+    if not text:
+        return ""
+    return check_ip(question, text) if _is_ip(text) else check_dns_name(question, text)
+
+
+def check_port(question: str, value: object) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or not 0 < int(text) < 65536:
+        raise SettingsError(question, value, "must be a port number (1-65535)")
+    return int(text)
+
+
+def check_pg_identifier(question: str, value: object) -> str:
+    """Return a PostgreSQL role or database name that needs no quoting in a pgpass line."""
+    text = str(value or "").strip()
+    if not _PG_IDENTIFIER.fullmatch(text):
+        raise SettingsError(
+            question, value, "must be letters, digits, _ and -, starting with a letter or _"
+        )
+    return text
+
+
 def check_directory(question: str, value: object) -> str:
     """Return an absolute directory path (it need not exist yet), or raise SettingsError."""
     text = str(value or "").strip()
@@ -348,6 +386,10 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         database=get(
             "database", lambda q, v: check_choice(q, v, DatabaseMode), DatabaseMode.SQLITE
         ),
+        database_host=get("database_host", check_database_host),
+        database_port=get("database_port", check_port, DEFAULT_DATABASE_PORT),
+        database_name=get("database_name", check_pg_identifier, DEFAULT_DATABASE_NAME),
+        database_user=get("database_user", check_pg_identifier, DEFAULT_DATABASE_NAME),
         backup_schedule=get(
             "backup_schedule",
             lambda q, v: check_choice(q, v, BackupSchedule),

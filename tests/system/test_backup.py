@@ -8,6 +8,7 @@ messages, the media and the signing key. Last, the daily timer.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -196,7 +197,44 @@ def test_restore_after_purge_and_wipe_brings_everything_back(
     assert owner.startswith("matrix-synapse:") and mode == "600"
     # The stack still administers it: the CLI logs its service account in again.
     listed = ct.run(["matrix-stack-admin", "user", "list", "--json"]).stdout
-    assert {user["user_id"] for user in json.loads(listed)} >= {f"@alice:{SERVER}", f"@bob:{SERVER}"}
+    users = {user["user_id"] for user in json.loads(listed)}
+    assert users >= {f"@alice:{SERVER}", f"@bob:{SERVER}"}
+
+
+def add_to_archive(source: Path, target: Path, name: str, data: bytes) -> None:
+    """Copy an archive with one more member, listed in its manifest with its checksum."""
+    with tarfile.open(source) as old, tarfile.open(target, "w:", format=tarfile.PAX_FORMAT) as new:
+        for member in old:
+            stream = old.extractfile(member)
+            content = stream.read() if stream else None
+            if member.name == "manifest.json":
+                extra = tarfile.TarInfo(name)
+                extra.size, extra.mode = len(data), 0o644
+                new.addfile(extra, io.BytesIO(data))
+                manifest = json.loads(content or b"{}")
+                manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                             "size": len(data)}
+                content = json.dumps(manifest).encode()
+                member.size = len(content)
+            new.addfile(member, io.BytesIO(content) if content is not None else None)
+
+
+def test_a_restore_that_fails_half_way_puts_everything_back(ct: Container) -> None:
+    add_user(ct, "after", "after-secret")  # only in the live data, not in the archive
+    broken = "/etc/matrix-synapse/conf.d/60-broken.yaml"
+    add_to_archive(state["archive"], ct.path("/root/broken.tar"), "files" + broken,
+                   b"database: {name: no-such-engine}\n")
+
+    result = ct.run(["matrix-stack-admin", "restore", "--yes", "/root/broken.tar"],
+                    check=False, timeout=900)
+
+    assert result.returncode == 1, result.stdout
+    assert "stopping Synapse" in result.stdout
+    assert "the previous data is back in place" in result.stderr
+    assert not ct.path(broken).exists()
+    stack.wait_for_client_api(ct)
+    login("after", "after-secret")
+    assert set(MESSAGES) <= messages(state["room"], login("alice", "alice-secret-1"))
 
 
 def test_the_daily_timer_backs_up_and_keeps_the_newest(ct: Container) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.system import stack
 from tests.system.stack import SERVER, add_user, apt_install, install, login, preseed
@@ -157,3 +158,60 @@ def test_migrate_to_postgresql_keeps_users_and_messages(on_sqlite: Container) ->
     assert status == 200, page
     bodies = {event["content"].get("body") for event in page["chunk"]}
     assert {"message 0", "message 1", "message 2"} <= bodies
+
+
+# A password with the characters a password file must escape.
+REMOTE_PASSWORD = "pa:ss\\word one"
+REMOTE_PASSWORD_2 = "second:password"
+
+
+def test_remote_postgresql_by_tcp_and_password(base_tarball: Path, deb_path: Path) -> None:
+    """"Remote" is this host's PostgreSQL reached over TCP with a password (not the socket and
+    peer authentication): the same connection a PostgreSQL on another machine gets."""
+    with boot(base_tarball, "pgremote") as ct:
+        install_postgresql(ct)
+        sql = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1"]
+        ct.run([*sql, "-c", f"CREATE ROLE synapse_user LOGIN PASSWORD '{REMOTE_PASSWORD}'"])
+        ct.run([*sql, "-c", "CREATE DATABASE synapse ENCODING 'UTF8' LC_COLLATE 'C' "
+                "LC_CTYPE 'C' TEMPLATE template0 OWNER synapse_user"])
+        preseed(ct, {"database": "postgresql", "database-host": "127.0.0.1",
+                     "database-name": "synapse", "database-user": "synapse_user",
+                     "database-password": REMOTE_PASSWORD})
+        install(ct, deb_path)
+        stack.wait_for_client_api(ct)
+
+        config = ct.read_file("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
+        assert yaml.safe_load(config)["database"]["args"] == {
+            "host": "127.0.0.1", "port": 5432, "database": "synapse", "user": "synapse_user",
+            "passfile": "/etc/matrix-stack/secrets/database.pgpass", "cp_min": 5, "cp_max": 10,
+        }
+        assert "word one" not in config
+        assert stack.stat(ct, "/etc/matrix-stack/secrets/database.pgpass") == \
+            "matrix-synapse:root 600"
+        debconf_db = ct.read_file("/var/cache/debconf/passwords.dat") + ct.read_file(
+            "/var/cache/debconf/config.dat")
+        assert REMOTE_PASSWORD not in debconf_db and "word one" not in debconf_db
+        add_user(ct, "erin", "erin-pw")
+        login("erin", "erin-pw")
+        counted = ct.run([*sql, "-d", "synapse", "-c",
+                          f"select count(*) from users where name = '@erin:{SERVER}'"])
+        assert counted.stdout.strip() == "1"
+        connections = ct.run([*sql, "-c", "select count(*) from pg_stat_activity where "
+                              "usename = 'synapse_user' and client_addr = '127.0.0.1'"])
+        assert int(connections.stdout) >= 1, "Synapse connects over TCP as synapse_user"
+
+        refused = ct.run(["matrix-stack-admin", "backup", "/root/b"], check=False)
+        assert refused.returncode == 1
+        assert "back it up where it runs (pg_dump -Fc)" in refused.stderr
+        doctor = ct.run(["matrix-stack-admin", "doctor"], check=False).stdout
+        assert "✓ database: postgresql on 127.0.0.1:5432, " in doctor
+
+        # A new password through dpkg-reconfigure: stored, never kept in debconf.
+        ct.run([*sql, "-c", f"ALTER ROLE synapse_user PASSWORD '{REMOTE_PASSWORD_2}'"])
+        preseed(ct, {"database-password": REMOTE_PASSWORD_2})
+        ct.run(["dpkg-reconfigure", "-fnoninteractive", "matrix-stack"], timeout=600)
+        assert "second\\:password" in ct.read_file("/etc/matrix-stack/secrets/database.pgpass")
+        assert REMOTE_PASSWORD_2 not in ct.read_file("/var/cache/debconf/passwords.dat")
+        ct.run(["systemctl", "restart", "matrix-synapse"])
+        stack.wait_for_client_api(ct)
+        login("erin", "erin-pw")

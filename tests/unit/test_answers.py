@@ -19,6 +19,7 @@ from matrix_stack import answers
 from matrix_stack.answers import (
     ANSWERS,
     BOOTSTRAP_QUESTIONS,
+    DATABASE_PASSWORD_QUESTION,
     FILE_ONLY_KEYS,
     STACK_HEADER,
     STACK_PATH,
@@ -69,7 +70,14 @@ PRESEED = {
     "matrix-stack/registration": "token",
     "matrix-stack/behind-proxy": "false",
     "matrix-stack/database": "postgresql",
+    "matrix-stack/database-host": "db.example.org",
+    "matrix-stack/database-port": "5433",
+    "matrix-stack/database-name": "synapse",
+    "matrix-stack/database-user": "synapse_user",
 }
+
+
+ONE_TIME_QUESTIONS = {*BOOTSTRAP_QUESTIONS, DATABASE_PASSWORD_QUESTION}
 
 
 def template_questions() -> list[str]:
@@ -111,13 +119,13 @@ def sh_stack_values(stack_file: Path, keys: list[str]) -> dict[str, str]:
 
 def test_every_template_question_is_in_the_table() -> None:
     questions = set(template_questions()) - {"matrix-stack/invalid"}
-    table = {answer.question for answer in ANSWERS} | set(BOOTSTRAP_QUESTIONS)
+    table = {answer.question for answer in ANSWERS} | ONE_TIME_QUESTIONS
 
     assert sorted(questions - table) == []
 
 
 def test_every_table_question_has_a_template() -> None:
-    table = {answer.question for answer in ANSWERS} | set(BOOTSTRAP_QUESTIONS)
+    table = {answer.question for answer in ANSWERS} | ONE_TIME_QUESTIONS
 
     assert sorted(table - set(template_questions())) == []
 
@@ -168,6 +176,10 @@ def test_yaml_from_debconf_converts_booleans_and_lists() -> None:
         "registration": "token",
         "behind_proxy": False,
         "database": "postgresql",
+        "database_host": "db.example.org",
+        "database_port": 5433,
+        "database_name": "synapse",
+        "database_user": "synapse_user",
     }
 
 

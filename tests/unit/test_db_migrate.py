@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from matrix_stack import answers, db_migrate, postgres
+from matrix_stack import answers, db_migrate, postgres, secrets
 from matrix_stack.db_migrate import Counts, count_sqlite, port_config
 from matrix_stack.errors import MatrixStackError
 
@@ -100,6 +100,7 @@ class FakeHost:
         self.applied: list[str] = []
         self.units: list[str] = []
         self.port_fails = port_fails
+        self.targets: list[str] = []
         stack = {"server_name": "example.org", "database": "sqlite"}
         monkeypatch.setattr(answers, "read_stack", lambda: dict(stack))
         monkeypatch.setattr(answers, "write_stack", self.stacks.append)
@@ -119,7 +120,8 @@ class FakeHost:
             db_migrate, "apply", lambda settings, **_: self.applied.append(settings.database)
         )
 
-    def port(self, _script: Path, _sqlite: Path) -> None:
+    def port(self, _script: Path, _sqlite: Path, target: db_migrate.Target) -> None:
+        self.targets.append(str(target))
         if self.port_fails:
             raise MatrixStackError("port failed (exit 1): boom")
 
@@ -137,7 +139,7 @@ def test_migrate_switches_to_postgresql_and_starts_synapse(
     assert lines[:2] == [
         "stopping Synapse",
         "copying 2 users, 1 rooms from " + str(tmp_path / "h.db")
-        + " into PostgreSQL with port (this can take a while)",
+        + " into PostgreSQL database matrix_synapse with port (this can take a while)",
     ]
 
 
@@ -164,3 +166,43 @@ def test_wait_for_background_updates_gives_up_with_one_line(tmp_path: Path) -> N
     with pytest.raises(MatrixStackError, match="still has 1 background updates to run"):
         db_migrate.wait_for_background_updates(database, lines.append, 0, lambda _s: None)
     assert lines == ["waiting for Synapse to finish 1 background updates"]
+
+
+def test_migrate_to_a_remote_server_stores_the_password_and_checks_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host = FakeHost(monkeypatch, tmp_path, port_fails=False)
+    statements: list[str] = []
+    stored: list[str] = []
+
+    def remote_query(settings: Any, statement: str) -> list[list[str]]:
+        statements.append(statement)
+        return [["0"]] if "information_schema" in statement else [["2" if "users" in
+                                                                     statement else "1"]]
+
+    monkeypatch.setattr(postgres, "remote_query", remote_query)
+    monkeypatch.setattr(postgres, "check_remote", lambda settings: "answers (UTF8, C)")
+    monkeypatch.setattr(postgres, "check_server", lambda: pytest.fail("local server used"))
+    monkeypatch.setattr(secrets, "store_database_password", lambda password: stored.append(
+        password))
+    remote = {"database_host": "db.example.org", "database_port": 5433,
+              "database_name": "synapse", "database_user": "synapse_user"}
+    lines: list[str] = []
+
+    assert db_migrate.migrate(lines.append, remote=remote, password="pw") == Counts(2, 1)
+
+    assert stored == ["pw"]
+    assert host.targets == ["PostgreSQL database synapse on db.example.org:5433"]
+    assert host.stacks[-1] | remote == host.stacks[-1]
+    assert host.stacks[-1]["database"] == "postgresql"
+    assert lines[0] == "answers (UTF8, C)"
+    assert statements.count("SELECT count(*) FROM users") == 2  # before the switch and after
+
+
+def test_migrate_to_a_remote_server_needs_a_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    FakeHost(monkeypatch, tmp_path, port_fails=False)
+    monkeypatch.setattr(secrets, "has_database_password", lambda: False)
+    with pytest.raises(MatrixStackError, match="give it with --password-file"):
+        db_migrate.migrate(lambda _line: None, remote={"database_host": "db.example.org"})

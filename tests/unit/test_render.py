@@ -413,3 +413,19 @@ def test_render_synapse_with_postgresql_uses_the_local_socket_and_peer_role(
     config = yaml.safe_load(renders["full"][SYNAPSE_CONF_PATH].text)
 
     assert config["database"] == postgres.SYNAPSE_DATABASE_BLOCK
+
+
+def test_render_synapse_with_remote_postgresql_names_the_passfile_not_the_password() -> None:
+    settings = from_mapping({
+        "server_name": "example.org", "database": "postgresql", "database_host": "db.example.org",
+        "database_port": 5433, "database_name": "synapse", "database_user": "synapse_user",
+    })
+    specs = {spec.path: spec for spec in render_all(settings, Secrets("s"), Facts())}
+    config = yaml.safe_load(specs[SYNAPSE_CONF_PATH].text)
+
+    assert config["database"] == postgres.synapse_database_block(settings)
+    assert config["database"]["args"] == {
+        "host": "db.example.org", "port": 5433, "database": "synapse", "user": "synapse_user",
+        "passfile": "/etc/matrix-stack/secrets/database.pgpass", "cp_min": 5, "cp_max": 10,
+    }
+    assert "password" not in config["database"]["args"]

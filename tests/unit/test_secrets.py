@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from matrix_stack import secrets
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.secrets import (
     REGISTRATION_SECRET_PATH,
@@ -92,3 +93,30 @@ def test_read_secrets_returns_what_ensure_secrets_made(tmp_path: Path) -> None:
     made = ensure_secrets(tmp_path)
 
     assert read_secrets(tmp_path) == made
+
+
+@pytest.mark.parametrize(
+    ("password", "line"),
+    [
+        ("simple", "*:*:*:*:simple\n"),
+        ("a:b\\c", "*:*:*:*:a\\:b\\\\c\n"),
+        (" sp ", "*:*:*:*: sp \n"),
+    ],
+)
+def test_pgpass_line_escapes_what_libpq_reads_escaped(password: str, line: str) -> None:
+    assert secrets.pgpass_line(password) == line
+
+
+@pytest.mark.parametrize("password", ["", "two\nlines", "cr\r"])
+def test_pgpass_line_refuses_what_a_pgpass_line_cannot_hold(password: str) -> None:
+    with pytest.raises(MatrixStackError, match="one non-empty line"):
+        secrets.pgpass_line(password)
+
+
+def test_the_database_password_file_is_private(tmp_path: Path) -> None:
+    assert not secrets.has_database_password(tmp_path)
+    secrets.store_database_password("pw", tmp_path)
+    path = tmp_path / "etc/matrix-stack/secrets/database.pgpass"
+    assert path.read_text() == "*:*:*:*:pw\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert secrets.has_database_password(tmp_path)

@@ -460,3 +460,19 @@ def test_certificate_names_are_server_element_turn_without_repeats() -> None:
         element_domain="chat.example.org", turn_domain="turn.example.org"
     ).certificate_names == (NAME, "chat.example.org", "turn.example.org")
     assert settings_with(element_domain=NAME).certificate_names == (NAME,)
+
+
+def test_remote_database_settings_are_checked() -> None:
+    remote = from_mapping({"server_name": "example.org", "database": "postgresql",
+                           "database_host": "DB.Example.org", "database_port": "5433"})
+    assert (remote.database_host, remote.database_port, remote.remote_database) == (
+        "db.example.org", 5433, True)
+    assert not from_mapping({"server_name": "example.org", "database": "postgresql"}
+                            ).remote_database
+    assert not from_mapping({"server_name": "example.org", "database_host": "db.example.org"}
+                            ).remote_database  # sqlite: the host is kept, unused
+    for key, value in [("database_host", "db example"), ("database_port", 0),
+                       ("database_port", "65536"), ("database_name", "x;drop"),
+                       ("database_user", "1abc"), ("database_user", "a" * 64)]:
+        with pytest.raises(SettingsError, match=key):
+            from_mapping({"server_name": "example.org", key: value})

@@ -8,7 +8,6 @@ target directory and renamed only when complete, so a failed backup leaves nothi
 from __future__ import annotations
 
 import datetime
-import fcntl
 import gzip
 import json
 import os
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matrix_stack import postgres
+from matrix_stack import files, postgres
 from matrix_stack.backup_archive import (
     POSTGRESQL_MEMBER,
     SQLITE_MEMBER,
@@ -89,13 +88,9 @@ class Layout:
 def exclusive_lock() -> Iterator[None]:
     """Let one backup or restore run at a time (the daily timer and an admin may collide)."""
     LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK_PATH.open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MatrixStackError(
-                "another backup or restore is running; wait for it to finish"
-            ) from None
+    with files.exclusive_lock(
+        LOCK_PATH, "another backup or restore is running; wait for it to finish"
+    ):
         yield
 
 

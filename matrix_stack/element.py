@@ -9,7 +9,6 @@ A failure at any step leaves the served release as it was.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -31,7 +30,7 @@ from matrix_stack.element_signature import (
     write_keyring,
 )
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.files import host_path
+from matrix_stack.files import exclusive_lock, host_path
 from matrix_stack.render import ELEMENT_DIR, ELEMENT_ROOT
 from matrix_stack.settings import Settings
 
@@ -83,13 +82,10 @@ def locked(root: Path) -> Iterator[Path]:
     """Hold the Element directory's lock (one fetch, install or rollback at a time)."""
     directory = host_path(ELEMENT_DIR, root)
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    with open(host_path(LOCK_PATH, root), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MatrixStackError(
-                "another Element fetch, install or rollback is running; try again later"
-            ) from None
+    with exclusive_lock(
+        host_path(LOCK_PATH, root),
+        "another Element fetch, install or rollback is running; try again later",
+    ):
         yield directory
 
 

@@ -8,11 +8,14 @@ version is saved beside it as FILE.ucf-dist (ucf's own convention), never silent
 from __future__ import annotations
 
 import enum
+import fcntl
 import grp
 import hashlib
 import os
 import pwd
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,3 +204,16 @@ def restore(plan: Plan, root: Path) -> None:
         host_path(plan.spec.path, root).unlink(missing_ok=True)
     else:
         write_atomic(plan.spec, root, text=plan.current)
+
+
+@contextmanager
+def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an flock on path for the block; raise busy (one line) if someone else holds it."""
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from matrix_stack.errors import MatrixStackError
+
+            raise MatrixStackError(busy) from None
+        yield

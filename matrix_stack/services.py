@@ -252,17 +252,11 @@ def set_backup_timer(daily: bool) -> list[str]:
     state = run(["systemctl", "is-enabled", BACKUP_TIMER], check=False).stdout.strip()
     if daily == (state == "enabled"):
         return []
-    maintainer = in_maintainer_script()
-    if daily:
-        if maintainer:
-            run(["deb-systemd-helper", "enable", BACKUP_TIMER], check=False)
-            run(["deb-systemd-invoke", "start", BACKUP_TIMER], check=False, timeout=180)
-        else:
-            run(["systemctl", "enable", "--now", BACKUP_TIMER], timeout=180)
-        return [f"enable the daily backup ({BACKUP_TIMER})"]
-    if maintainer:
-        run(["deb-systemd-helper", "disable", BACKUP_TIMER], check=False)
-        run(["deb-systemd-invoke", "stop", BACKUP_TIMER], check=False, timeout=180)
+    action = "enable" if daily else "disable"
+    if in_maintainer_script():
+        run(["deb-systemd-helper", action, BACKUP_TIMER], check=False)
+        run(["deb-systemd-invoke", "start" if daily else "stop", BACKUP_TIMER], check=False,
+            timeout=180)
     else:
-        run(["systemctl", "disable", "--now", BACKUP_TIMER], timeout=180)
-    return [f"disable the daily backup ({BACKUP_TIMER})"]
+        run(["systemctl", action, "--now", BACKUP_TIMER], timeout=180)
+    return [f"{action} the daily backup ({BACKUP_TIMER})"]

@@ -60,6 +60,16 @@ def install(container: Container, deb: Path, *, check: bool = True) -> Any:
     return apt_install(container, target, check=check)
 
 
+@contextmanager
+def installed_stack(base_tarball: Path, deb: Path, name: str) -> Iterator[Container]:
+    """Boot a container, install the .deb, wait for the client API; close it at the end."""
+    with Container(base_tarball, name=name, hostname=SERVER) as container:
+        container.boot()
+        install(container, deb)
+        wait_for_client_api(container)
+        yield container
+
+
 def synapse_request(
     method: str, path: str, body: Any = None, token: str | None = None
 ) -> tuple[int, Any]:

@@ -36,14 +36,8 @@ state: dict[str, Any] = {}
 
 @pytest.fixture(scope="module")
 def ct(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
-    container = Container(base_tarball, name="backup", hostname=SERVER)
-    try:
-        container.boot()
-        install(container, deb_path)
-        stack.wait_for_client_api(container)
+    with stack.installed_stack(base_tarball, deb_path, "backup") as container:
         yield container
-    finally:
-        container.close()
 
 
 def server_keys() -> dict[str, Any]:

@@ -23,7 +23,7 @@ import pytest
 from matrix_stack.turn import TurnClient, TurnError, turn_credentials
 from matrix_stack.turn_config import parse_coturn_config
 from tests.system import stack
-from tests.system.stack import SERVER, install
+from tests.system.stack import SERVER
 from tests.system.testbed import Container, http_request
 
 pytestmark = pytest.mark.system
@@ -34,18 +34,12 @@ TURN_CONF = "/etc/matrix-stack/turnserver.conf"
 
 @pytest.fixture(scope="module")
 def ct(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
-    container = Container(base_tarball, name="turn", hostname=SERVER)
-    try:
-        container.boot()
-        install(container, deb_path)
-        stack.wait_for_client_api(container)
+    with stack.installed_stack(base_tarball, deb_path, "turn") as container:
         container.run(
             ["matrix-stack-admin", "user", "add", "alice", "--password-file", "-"],
             input=PASSWORD + "\n",
         )
         yield container
-    finally:
-        container.close()
 
 
 def client_api(method: str, path: str, body: Any = None, token: str | None = None) -> Any:

@@ -46,7 +46,7 @@ unit:
 
 lint: $(DEB)
 	$(PYTHON) -m ruff check matrix_stack tests tools bin/matrix-stack-admin
-	$(PYTHON) -m mypy matrix_stack tests/unit
+	$(PYTHON) -m mypy matrix_stack tests tools/completion.py
 	for script in debian/matrix-stack.config debian/matrix-stack.postinst \
 		debian/matrix-stack.prerm debian/matrix-stack.postrm; do sh -n $$script || exit 1; done
 	lintian --fail-on error,warning $(DEB)

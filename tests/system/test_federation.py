@@ -233,8 +233,11 @@ def stacks(base_tarball: Path, deb_path: Path,
                 result[letter] = Stack(letter, container, cafile)
             moment = time.monotonic()
             for one in result.values():
-                wait_for(lambda one=one: one.api("GET", "/_matrix/client/versions")[0] == 200,
-                         timeout=120, what=f"{one.name} to answer on the bridge")
+
+                def answers(one: Stack = one) -> bool:
+                    return bool(one.api("GET", "/_matrix/client/versions")[0] == 200)
+
+                wait_for(answers, timeout=120, what=f"{one.name} to answer on the bridge")
             log(f"Synapse answered on the bridge after {time.monotonic() - moment:.0f} s more")
             moment = time.monotonic()
             for letter, user in (("a", "alice"), ("a", "alice/ops"), ("b", "bob"), ("c", "carol")):

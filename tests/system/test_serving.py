@@ -19,7 +19,7 @@ import pytest
 from tests.element_release import TestKey, entry, publish, release_members, serving
 from tests.system import stack
 from tests.system.stack import SERVER, https, install, set_stack_value
-from tests.system.testbed import Container
+from tests.system.testbed import Container, Response
 
 pytestmark = pytest.mark.system
 
@@ -58,7 +58,7 @@ def ct(base_tarball: Path, deb_path: Path, tmp_path_factory: pytest.TempPathFact
         yield container
 
 
-def element(ct: Container, path: str, encoding: str | None) -> stack.Response:
+def element(ct: Container, path: str, encoding: str | None) -> Response:
     headers = {"Accept-Encoding": encoding} if encoding else {}
     return https(ct, path, server_name=ELEMENT, headers=headers)
 

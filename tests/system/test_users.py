@@ -87,11 +87,11 @@ def whoami(token: str) -> int:
 
 def nio_login_and_send(ct: Container, user: str, password: str) -> str:
     """Log in with matrix-nio over HTTPS through Apache, make a room, send a message."""
-    import nio
+    import nio  # type: ignore[import-untyped]
 
     async def scenario() -> str:
         context = ssl.create_default_context(cafile=str(ct.path(stack.SELF_SIGNED_CERT)))
-        client = nio.AsyncClient(f"https://{SERVER}", user, ssl=context)  # type: ignore[arg-type]
+        client = nio.AsyncClient(f"https://{SERVER}", user, ssl=context)
         try:
             response = await client.login(password)
             assert isinstance(response, nio.LoginResponse), response

@@ -12,6 +12,7 @@ from matrix_stack.cli_users import (
     target_user,
 )
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.user_names import existing_user_argument
 
 
 def add_commands(commands: Any) -> None:
@@ -26,7 +27,7 @@ def add_commands(commands: Any) -> None:
         "exactly as Synapse does (NFKC normalisation, pepper, bcrypt rounds); the user's "
         "sessions end too.",
     )
-    passwd.add_argument("name", metavar="NAME", help=NAME_HELP)
+    existing_user_argument(passwd, NAME_HELP)
     passwd.add_argument("--password-file", metavar="F", help=PASSWORD_FILE_HELP)
     passwd.add_argument(
         "--keep-sessions", action="store_true", help="keep the user's sessions (online only)"

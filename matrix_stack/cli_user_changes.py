@@ -14,6 +14,7 @@ from matrix_stack.cli_users import (
     target_user,
 )
 from matrix_stack.errors import MatrixStackError, UsageError
+from matrix_stack.user_names import existing_user_argument
 
 
 def add_commands(user_commands: Any) -> None:
@@ -25,7 +26,7 @@ def add_commands(user_commands: Any) -> None:
         "lose its rights. Re-activating needs a new password (deactivation wiped it): it is "
         "asked for, or read with --password-file.",
     )
-    modify.add_argument("name", metavar="NAME", help=NAME_HELP)
+    existing_user_argument(modify, NAME_HELP)
     rights = modify.add_mutually_exclusive_group()
     rights.add_argument("--admin", action="store_true", default=None, help="make it an admin")
     rights.add_argument(
@@ -45,7 +46,7 @@ def add_commands(user_commands: Any) -> None:
         description="Show an account: administrator, deactivated, creation and last seen "
         "times, and its devices (sessions) with their name, last address and last seen time.",
     )
-    show.add_argument("name", metavar="NAME", help=NAME_HELP)
+    existing_user_argument(show, NAME_HELP)
     show.add_argument(
         "--json", action="store_true", help="print a JSON object (keys user_id, displayname, "
         "admin, deactivated, created, last_seen, device_count, devices)"
@@ -58,7 +59,7 @@ def add_commands(user_commands: Any) -> None:
         description="End a user's sessions, every one or only the device given; their access "
         "tokens stop working at once.",
     )
-    logout.add_argument("name", metavar="NAME", help=NAME_HELP)
+    existing_user_argument(logout, NAME_HELP)
     logout.add_argument("--device", metavar="ID", help="end only this device's session")
     logout.set_defaults(handler=run_logout)
 

@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from matrix_stack import user_names
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.user_names import existing_user_argument
 
 PASSWORD_FILE_HELP = (
     "read the password from file F ('-': standard input) instead of prompting; passwords are "
@@ -63,7 +65,7 @@ def add_commands(commands: Any) -> None:
         description="Deactivate an account: its sessions end, it leaves its rooms and can no "
         "longer log in. Asks for confirmation on the terminal.",
     )
-    deactivate.add_argument("name", metavar="NAME", help=NAME_HELP)
+    existing_user_argument(deactivate, NAME_HELP)
     deactivate.add_argument(
         "--erase", action="store_true", help="also erase the display name, avatar and messages "
         "for new room members (GDPR erasure)"
@@ -135,6 +137,7 @@ def run_add(arguments: argparse.Namespace) -> int:
                 f"{user} already exists (--exists-ok accepts that; passwd changes its password)"
             ) from None
         raise
+    user_names.update(add=user.localpart)
     print(f"created {user}{' (administrator)' if arguments.admin else ''}")
     return 0
 
@@ -190,6 +193,9 @@ def run_list(arguments: argparse.Namespace) -> int:
     synapse = admin_session(server_name)
     users = list(synapse.users(include_deactivated=arguments.all))
     rows = user_rows(users, str(service_account(server_name)))
+    user_names.remember(
+        row["user_id"][1:].split(":")[0] for row in rows if not row["deactivated"]
+    )
     if arguments.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -218,5 +224,6 @@ def run_deactivate(arguments: argparse.Namespace) -> int:
         print("nothing done")
         return 1
     synapse.deactivate(user, erase=arguments.erase)
+    user_names.update(remove=user.localpart)
     print(f"deactivated {user}")
     return 0

@@ -209,6 +209,10 @@ def test_deactivated_user_cannot_log_in(ct: Container) -> None:
     assert {"user_id": f"@dave:{SERVER}", "deactivated": True}.items() <= next(
         row for row in everyone if row["user_id"] == f"@dave:{SERVER}"
     ).items()
+    # The names bash completion offers: active accounts only, readable by root alone.
+    names = ct.read_file("/var/lib/matrix-stack/user-names").split()
+    assert "dave" not in names and "admin" in names and "matrix-stack" not in names
+    assert stack.stat(ct, "/var/lib/matrix-stack/user-names") == "root:root 600"
 
 
 def admin_flag(user: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from matrix_stack import __version__
@@ -88,3 +90,17 @@ def test_running_one_command_imports_only_its_module() -> None:
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "['matrix_stack.cli', 'matrix_stack.errors']"
+
+
+def test_the_user_name_cache_is_root_only_and_follows_changes(tmp_path: Path) -> None:
+    from matrix_stack import user_names
+
+    cache = tmp_path / "user-names"
+    user_names.update(add="zoe", path=cache)
+    assert not cache.exists(), "only a full user list makes the cache"
+    user_names.remember(["bob", "alice", "bob"], cache)
+    assert cache.read_text() == "alice\nbob\n"
+    assert cache.stat().st_mode & 0o777 == 0o600
+    user_names.update(add="zoe", path=cache)
+    user_names.update(remove="bob", path=cache)
+    assert user_names.read(cache) == {"alice", "zoe"}

@@ -55,9 +55,30 @@ def prepare_room(container: Container) -> str:
     return str(token)
 
 
+# With pinning: Synapse alone on CPU 0; Apache and the load generator on CPU 1, as on a
+# server whose other cores carry Apache and whose clients are elsewhere. Without it all three
+# share both cores and the load generator's own cycles are taken from Synapse.
+LOAD_CPU: list[str] = []
+
+
+def pin(container: Container) -> None:
+    """Pin every Synapse thread to CPU 0 and every Apache process and thread to CPU 1."""
+    container.run(["sh", "-c", "for pid in $(pgrep -f synapse.app.homeserver); do "
+                   "taskset -a -cp 0 $pid; done; for pid in $(pgrep apache2); do "
+                   "taskset -a -cp 1 $pid; done"])
+    LOAD_CPU[:] = ["taskset", "-c", "1"]
+
+
+def unpin(container: Container) -> None:
+    container.run(["sh", "-c", "for pid in $(pgrep -f synapse.app.homeserver) "
+                   "$(pgrep apache2); do taskset -a -cp 0,1 $pid; done"])
+    LOAD_CPU[:] = []
+
+
 def wrk(url: str, connections: int, token: str | None) -> tuple[float, float, float]:
     """Return (p50 ms, p99 ms, requests/s) from wrk --latency."""
-    argv = ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{SECONDS}s", "--latency"]
+    argv = [*LOAD_CPU, "wrk", f"-t{min(connections, 2)}", f"-c{connections}",
+            f"-d{SECONDS}s", "--latency"]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
     output = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
@@ -73,7 +94,7 @@ def wrk(url: str, connections: int, token: str | None) -> tuple[float, float, fl
 def h2load(url: str, connections: int, token: str | None) -> tuple[float, float, float]:
     """Return (p50 ms, p99 ms, requests/s) from h2load's per-request log."""
     with tempfile.NamedTemporaryFile("r") as log:
-        argv = ["h2load", "-c", str(connections), "-m", "1", "-D", str(SECONDS),
+        argv = [*LOAD_CPU, "h2load", "-c", str(connections), "-m", "1", "-D", str(SECONDS),
                 "--log-file", log.name]
         if token:
             argv += ["-H", f"Authorization: Bearer {token}"]
@@ -83,8 +104,8 @@ def h2load(url: str, connections: int, token: str | None) -> tuple[float, float,
     return statistics.median(durations), durations[int(len(durations) * 0.99)], rate
 
 
-def api_table(token: str) -> None:
-    print(f"API latency and throughput ({SECONDS} s per cell; ms; req/s):")
+def api_table(token: str, layout: str) -> None:
+    print(f"API latency and throughput, {layout} ({SECONDS} s per cell; ms; req/s):")
     for name, path, auth in (("versions", "/_matrix/client/versions", None),
                              ("sync (50 messages)", "/_matrix/client/v3/sync", token)):
         for connections in (1, 32):
@@ -174,7 +195,11 @@ def main() -> int:
                                 ("element_key_fingerprint", f'"{key.fingerprint}"')):
                 stack.set_stack_value(container, name, value)
             container.run(["matrix-stack-admin", "element", "fetch", "1.11.99"])
-            api_table(token)
+            api_table(token, "unpinned: Synapse, Apache and the load generator share 2 cores")
+            pin(container)
+            api_table(token, "pinned: Synapse alone on CPU 0; Apache and the load generator "
+                      "on CPU 1")
+            unpin(container)
             print("Element (a release whose bundles are real JavaScript from npm):")
             element_bytes(container)
         print("reproduce: sudo make bench")

@@ -163,6 +163,12 @@ def unit_runs(container: Container, units: tuple[str, ...]) -> Iterator[dict[str
         changed[unit] = now != before[unit]
 
 
+def doctor(ct: Container) -> tuple[int, dict[str, dict[str, object]]]:
+    """Run doctor --json; return its exit status and its checks by name."""
+    result = ct.run(["matrix-stack-admin", "doctor", "--json"], check=False, timeout=300)
+    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)}
+
+
 def stat(container: Container, path: str) -> str:
     """Return 'owner:group mode' of a path inside the container."""
     return container.run(["stat", "-c", "%U:%G %a", path]).stdout.strip()

@@ -174,13 +174,8 @@ def test_autopkgtest_smoke_passes_on_the_installed_stack(ct: Container) -> None:
     assert result.stdout.count("ok: ") == 6, result.stdout
 
 
-def doctor(ct: Container) -> tuple[int, dict[str, dict[str, object]]]:
-    result = ct.run(["matrix-stack-admin", "doctor", "--json"], check=False, timeout=300)
-    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)}
-
-
 def test_doctor_checks_everything_and_fails_on_what_is_wrong(ct: Container) -> None:
-    status, checks = doctor(ct)
+    status, checks = stack.doctor(ct)
     failed = sorted(name for name, check in checks.items() if not check["ok"])
     assert (status, failed) == (1, ["element"])  # offline: Element could not be fetched
     for name in ("service matrix-synapse", "service apache2", "service coturn",
@@ -194,7 +189,7 @@ def test_doctor_checks_everything_and_fails_on_what_is_wrong(ct: Container) -> N
     assert all(line[:2] in ("✓ ", "✗ ", "! ") for line in text.splitlines()), text
     ct.run(["systemctl", "stop", "coturn"])
     try:
-        status, checks = doctor(ct)
+        status, checks = stack.doctor(ct)
         assert status == 1
         assert checks["service coturn"]["ok"] is False
         assert checks["turn test"]["ok"] is False

@@ -7,6 +7,7 @@ read what a browser would get.
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import socket
 import ssl
@@ -113,13 +114,31 @@ def test_synapse_json_is_compressed_by_apache_not_by_synapse(ct: Container) -> N
     assert "content-encoding" not in direct
 
 
-def doctor(ct: Container) -> tuple[int, dict[str, dict[str, object]]]:
-    result = ct.run(["matrix-stack-admin", "doctor", "--json"], check=False, timeout=300)
-    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)}
+def closed_connections_to_synapse(ct: Container) -> int:
+    """Count the connections to Synapse closed in the last minute (TIME-WAIT, either end)."""
+    command = "ss -Htan state time-wait '( dport = :8008 or sport = :8008 )' | wc -l"
+    return int(ct.run(["sh", "-c", command]).stdout)
+
+
+def test_apache_reuses_its_connections_to_synapse(ct: Container) -> None:
+    context = ssl.create_default_context(cafile=str(ct.path(stack.SELF_SIGNED_CERT)))
+    before = closed_connections_to_synapse(ct)
+    with stack.host_resolves(SERVER):
+        connection = http.client.HTTPSConnection(SERVER, 443, context=context, timeout=10)
+        try:
+            for _ in range(50):
+                connection.request("GET", "/_matrix/client/versions")
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200
+        finally:
+            connection.close()
+    # Without the pool, each of the 50 requests would leave one closed connection behind.
+    assert closed_connections_to_synapse(ct) - before < 5
 
 
 def test_doctor_passes_on_this_healthy_stack(ct: Container) -> None:
-    status, checks = doctor(ct)
+    status, checks = stack.doctor(ct)
     assert status == 0, [check for check in checks.values() if not check["ok"]]
     assert checks["element"]["detail"] == f"{VERSION} served (latest configured)"
 
@@ -129,7 +148,7 @@ def test_doctor_names_a_hand_edited_file(ct: Container) -> None:
     original = ct.read_file(path)
     ct.write_file(path, original.replace('"brand": "Element"', '"brand": "Our chat"'))
     try:
-        status, checks = doctor(ct)
+        status, checks = stack.doctor(ct)
         assert status == 0  # an admin's edit is theirs: a warning, not a failure
         check = checks[f"file {path}"]
         assert check["warning"] is True and check["detail"] == "edited locally (kept by ucf)"
@@ -149,7 +168,7 @@ def test_doctor_fails_on_an_expired_certificate(ct: Container) -> None:
     set_stack_value(ct, "tls_key", "/etc/ssl/expired/key.pem")
     ct.run(["matrix-stack-admin", "apply"])
     try:
-        status, checks = doctor(ct)
+        status, checks = stack.doctor(ct)
         assert status == 1
         assert checks["certificate"]["ok"] is False
         assert str(checks["certificate"]["detail"]).startswith("expired on Feb  1 00:00:00 2020")

@@ -117,6 +117,10 @@ def api_table(token: str, layout: str) -> None:
                   f" {apache[2]:7.0f}/s | apache h2 p50 {h2[0]:7.2f} p99 {h2[1]:7.2f}"
                   f" {h2[2]:7.0f}/s | h1 p50 {100 * apache[0] / direct[0] - 100:+.0f}%,"
                   f" h1 rate {100 * apache[2] / direct[2]:.0f}% of direct")
+    # The floor of any answer through Apache: TLS and one request, no proxy (a static file).
+    floor = wrk(f"https://{SERVER}/.well-known/matrix/client", 1, None)
+    print(f"  floor: Apache alone over TLS (static .well-known), c=1: p50 {floor[0]:.2f} "
+          f"p99 {floor[1]:.2f} {floor[2]:.0f}/s")
 
 
 def realistic_release(directory: Path, version: str) -> list[Any]:

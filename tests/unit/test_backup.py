@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from matrix_stack import backup, backup_archive, doctor, restore
+from matrix_stack import backup, backup_archive, doctor, restore, restore_stage
 from matrix_stack.backup_archive import ArchiveWriter, Manifest
 from matrix_stack.errors import MatrixStackError, SettingsError
 from matrix_stack.settings import BackupSchedule, from_mapping
@@ -213,7 +213,7 @@ def test_layout_reads_sqlite_and_local_postgresql_and_refuses_remote() -> None:
     ],
 )
 def test_which_archived_files_are_written_back(path: str, expected: bool) -> None:
-    assert restore.restorable(Path(path), manifest()) is expected
+    assert restore_stage.restorable(Path(path), manifest()) is expected
 
 
 @pytest.mark.parametrize(
@@ -262,3 +262,15 @@ def test_doctor_fails_a_late_daily_backup_only(monkeypatch: pytest.MonkeyPatch) 
     late = doctor.check_backup(daily, now=1000.0 + 72 * 3600)[0]
     assert not late.ok
     assert doctor.check_backup(off, now=1000.0 + 72 * 3600)[0].warning
+
+
+def test_an_archive_whose_stack_and_database_disagree_is_refused() -> None:
+    sqlite = from_mapping({"server_name": "m.example.org"})
+    local = from_mapping({"server_name": "m.example.org", "database": "postgresql"})
+    remote = from_mapping({"server_name": "m.example.org", "database": "postgresql",
+                           "database_host": "db.example.org"})
+    restore.check_engine(sqlite, manifest())
+    restore.check_engine(local, manifest(engine="postgresql"))
+    for settings, engine in ((sqlite, "postgresql"), (local, "sqlite"), (remote, "postgresql")):
+        with pytest.raises(MatrixStackError, match="not an archive this restores"):
+            restore.check_engine(settings, manifest(engine=engine))

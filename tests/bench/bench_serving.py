@@ -104,21 +104,37 @@ def h2load(url: str, connections: int, token: str | None) -> tuple[float, float,
     return statistics.median(durations), durations[int(len(durations) * 0.99)], rate
 
 
+ROUNDS = 3
+
+
+def medians(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Return the median of each figure over the rounds."""
+    p50, p99, rate = (statistics.median(run[index] for run in runs) for index in range(3))
+    return p50, p99, rate
+
+
 def api_table(token: str, layout: str) -> None:
-    print(f"API latency and throughput, {layout} ({SECONDS} s per cell; ms; req/s):")
+    print(f"API latency and throughput, {layout} (median of {ROUNDS} interleaved rounds of "
+          f"{SECONDS} s; ms; req/s):")
     for name, path, auth in (("versions", "/_matrix/client/versions", None),
                              ("sync (50 messages)", "/_matrix/client/v3/sync", token)):
         for connections in (1, 32):
-            direct = wrk(f"{DIRECT}{path}", connections, auth)
-            apache = wrk(f"https://{SERVER}{path}", connections, auth)
-            h2 = h2load(f"https://{SERVER}{path}", connections, auth)
+            rounds: list[list[tuple[float, float, float]]] = [[], [], []]
+            for _ in range(ROUNDS):  # interleaved, so that drift of the machine hits all three
+                rounds[0].append(wrk(f"{DIRECT}{path}", connections, auth))
+                rounds[1].append(wrk(f"https://{SERVER}{path}", connections, auth))
+                rounds[2].append(h2load(f"https://{SERVER}{path}", connections, auth))
+            direct, apache, h2 = (medians(runs) for runs in rounds)
             print(f"  {name:18} c={connections:<2} direct p50 {direct[0]:7.2f} p99 {direct[1]:7.2f}"
                   f" {direct[2]:7.0f}/s | apache h1 p50 {apache[0]:7.2f} p99 {apache[1]:7.2f}"
                   f" {apache[2]:7.0f}/s | apache h2 p50 {h2[0]:7.2f} p99 {h2[1]:7.2f}"
                   f" {h2[2]:7.0f}/s | h1 p50 {100 * apache[0] / direct[0] - 100:+.0f}%,"
-                  f" h1 rate {100 * apache[2] / direct[2]:.0f}% of direct")
+                  f" h1 rate {100 * apache[2] / direct[2]:.0f}% of direct,"
+                  f" spread of direct rate {min(r[2] for r in rounds[0]):.0f}-"
+                  f"{max(r[2] for r in rounds[0]):.0f}/s")
     # The floor of any answer through Apache: TLS and one request, no proxy (a static file).
-    floor = wrk(f"https://{SERVER}/.well-known/matrix/client", 1, None)
+    floor = medians([wrk(f"https://{SERVER}/.well-known/matrix/client", 1, None)
+                     for _ in range(ROUNDS)])
     print(f"  floor: Apache alone over TLS (static .well-known), c=1: p50 {floor[0]:.2f} "
           f"p99 {floor[1]:.2f} {floor[2]:.0f}/s")
 

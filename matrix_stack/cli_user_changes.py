@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from matrix_stack import user_names
 from matrix_stack.cli_users import (
     NAME_HELP,
     PASSWORD_FILE_HELP,
@@ -123,6 +124,8 @@ def run_modify(arguments: argparse.Namespace) -> int:
                 f"cannot re-activate {user} yet; try again in a minute"
             ) from None
         raise
+    if arguments.reactivate:
+        user_names.update(add=user.localpart)
     print(f"modified {user}: " + ", ".join(_describe(key, value) for key, value in fields.items()))
     return 0
 

@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from matrix_stack.backup_archive import (
     Manifest,
     files_member,
 )
+from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.run import last_line
 from matrix_stack.synapse_config import read_merged_config
 
 STACK_DIR = Path("/etc/matrix-stack")
@@ -45,7 +47,6 @@ LOCAL_SOCKETS = ("", postgres.SOCKET_DIR, "/run/postgresql")
 NAME_PATTERN = re.compile(
     r"matrix-stack-backup-(?P<server>[a-z0-9.-]+)-(?P<stamp>\d{8}T\d{6}Z)\.tar"
 )
-COUNTED_TABLES = ("users", "rooms")
 
 
 @dataclass(frozen=True)
@@ -98,23 +99,6 @@ def archive_name(server_name: str, now: datetime.datetime) -> str:
     return f"matrix-stack-backup-{server_name}-{now.strftime('%Y%m%dT%H%M%SZ')}.tar"
 
 
-def count_sqlite(path: Path, *, copy: bool = False) -> dict[str, int]:
-    """Count users and rooms; a copy nobody writes is opened immutable (no -wal, -shm left)."""
-    options = "mode=ro&immutable=1" if copy else "mode=ro"
-    with closing(sqlite3.connect(f"file:{path}?{options}", uri=True)) as connection:
-        return {
-            table: int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-            for table in COUNTED_TABLES
-        }
-
-
-def count_postgresql(database: str = postgres.DATABASE) -> dict[str, int]:
-    return {
-        table: int(postgres.query(f"SELECT count(*) FROM {table}", database=database))
-        for table in COUNTED_TABLES
-    }
-
-
 def tree_size(top: Path) -> int:
     total = 0
     for directory, _subdirectories, names in os.walk(top):
@@ -130,11 +114,7 @@ def database_size(layout: Layout) -> int:
     """Return the database's size in bytes (the SQLite file, or pg_database_size)."""
     if layout.sqlite_path is not None:
         return layout.sqlite_path.stat().st_size if layout.sqlite_path.exists() else 0
-    return database_size_postgresql()
-
-
-def database_size_postgresql(database: str = postgres.DATABASE) -> int:
-    return int(postgres.query(f"SELECT pg_database_size('{database}')"))
+    return int(postgres.query(f"SELECT pg_database_size('{postgres.DATABASE}')"))
 
 
 def check_free_space(directory: Path, needed: int) -> None:
@@ -146,7 +126,7 @@ def check_free_space(directory: Path, needed: int) -> None:
         )
 
 
-def copy_sqlite(source: Path, stage: Path) -> tuple[Path, dict[str, int], int]:
+def copy_sqlite(source: Path, stage: Path) -> tuple[Path, Counts, int]:
     """Copy the live SQLite database consistently and gzip it; return it, counts, raw size."""
     copy = stage / "homeserver.db"
     with closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as live, closing(
@@ -162,7 +142,7 @@ def copy_sqlite(source: Path, stage: Path) -> tuple[Path, dict[str, int], int]:
     return compressed, counts, size
 
 
-def dump_postgresql(stage: Path) -> tuple[Path, dict[str, int], int]:
+def dump_postgresql(stage: Path) -> tuple[Path, Counts]:
     """Dump the local database with pg_dump -Fc (compressed, consistent); return it, counts."""
     counts = count_postgresql()
     dump = stage / "matrix_synapse.pgdump"
@@ -175,9 +155,9 @@ def dump_postgresql(stage: Path) -> tuple[Path, dict[str, int], int]:
             check=False,
         )
     if result.returncode != 0:
-        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise MatrixStackError(f"pg_dump failed: {message[-1] if message else 'no output'}")
-    return dump, counts, database_size_postgresql()
+        error = last_line(result.stderr.decode(errors="replace"))
+        raise MatrixStackError(f"pg_dump failed: {error}")
+    return dump, counts
 
 
 def package_versions() -> dict[str, str]:
@@ -203,7 +183,8 @@ def create(
     layout = Layout.read()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     media_size = tree_size(layout.media_path) if layout.media_path.is_dir() else 0
-    check_free_space(directory, database_size(layout) + media_size + 2**20)
+    database_bytes = database_size(layout)
+    check_free_space(directory, database_bytes + media_size + 2**20)
     final = directory / archive_name(server_name, now)
     descriptor, partial_name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".partial")
     partial = Path(partial_name)
@@ -212,11 +193,11 @@ def create(
             stage = Path(stage_name)
             if layout.sqlite_path is not None:
                 progress(f"copying the SQLite database {layout.sqlite_path}")
-                database, counts, raw_size = copy_sqlite(layout.sqlite_path, stage)
+                database, counts, database_bytes = copy_sqlite(layout.sqlite_path, stage)
                 member = SQLITE_MEMBER
             else:
                 progress(f"dumping the PostgreSQL database {postgres.DATABASE} (pg_dump -Fc)")
-                database, counts, raw_size = dump_postgresql(stage)
+                database, counts = dump_postgresql(stage)
                 member = POSTGRESQL_MEMBER
             with os.fdopen(descriptor, "wb") as stream, tarfile.open(
                 fileobj=stream, mode="w:", format=tarfile.PAX_FORMAT
@@ -237,8 +218,8 @@ def create(
                     created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     media_path=str(layout.media_path),
                     signing_key_path=str(layout.signing_key_path),
-                    counts=counts,
-                    database_bytes=raw_size,
+                    counts=asdict(counts),
+                    database_bytes=database_bytes,
                     sqlite_path=str(layout.sqlite_path or ""),
                     versions=package_versions(),
                 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,12 @@ def run_restore(arguments: argparse.Namespace) -> int:
     from matrix_stack.apply import ensure_root
     from matrix_stack.cli_backup import progress
     from matrix_stack.cli_users import confirm
+    from matrix_stack.errors import MatrixStackError
 
     ensure_root()
     archive = arguments.archive.absolute()
     if not archive.is_file():
-        print(f"matrix-stack-admin: {archive} does not exist", file=sys.stderr)
-        return 1
+        raise MatrixStackError(f"{archive} does not exist")
     if not arguments.yes and not confirm(
         f"Restore {archive}? Synapse stops for the swap; the data it replaces is kept."
     ):

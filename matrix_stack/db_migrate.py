@@ -17,11 +17,13 @@ import yaml
 from matrix_stack import answers, postgres, secrets
 from matrix_stack.apply import apply
 from matrix_stack.bootstrap import wait_until_answering
+from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import lookup_ids
 from matrix_stack.host import SYNAPSE_SQLITE_PATH, synapse_has_database
 from matrix_stack.run import run
 from matrix_stack.services import SYNAPSE_USER
+from matrix_stack.services import synapse_unit as systemctl
 from matrix_stack.settings import DatabaseMode, Settings
 from matrix_stack.synapse_api import Synapse
 from matrix_stack.synapse_config import read_merged_config
@@ -33,20 +35,8 @@ PORT_SCRIPTS = (
 )
 POSTGRESQL_DATA_DIR = Path("/var/lib/postgresql")
 PORT_TIMEOUT = 24 * 3600
-COUNTED_TABLES = ("users", "rooms")
 # synapse_port_db refuses a database whose background updates are not all done.
 BACKGROUND_UPDATES_WAIT = 900
-
-
-@dataclass(frozen=True)
-class Counts:
-    """How many users and rooms a database holds."""
-
-    users: int
-    rooms: int
-
-    def __str__(self) -> str:
-        return f"{self.users} users, {self.rooms} rooms"
 
 
 def find_port_script() -> Path:
@@ -57,19 +47,6 @@ def find_port_script() -> Path:
     raise MatrixStackError(
         f"Synapse's port script is missing (looked for {' and '.join(map(str, PORT_SCRIPTS))})"
     )
-
-
-def count_sqlite(path: Path = SYNAPSE_SQLITE_PATH) -> Counts:
-    """Return the users and rooms in Synapse's SQLite database, opened read-only."""
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-            values = [
-                int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-                for table in COUNTED_TABLES
-            ]
-    except sqlite3.Error as error:
-        raise MatrixStackError(f"cannot count users and rooms in {path}: {error}") from None
-    return Counts(*values)
 
 
 def pending_background_updates(path: Path = SYNAPSE_SQLITE_PATH) -> int:
@@ -101,15 +78,6 @@ def wait_for_background_updates(
             )
         sleep(2)
         pending = pending_background_updates(sqlite)
-
-
-def count_postgresql(runner: postgres.Runner = postgres.psql_as_postgres) -> Counts:
-    """Return the users and rooms in Synapse's PostgreSQL database."""
-    values = [
-        int(postgres.query(f"SELECT count(*) FROM {table}", runner, postgres.DATABASE))
-        for table in COUNTED_TABLES
-    ]
-    return Counts(*values)
 
 
 TABLES_SQL = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
@@ -180,11 +148,6 @@ def run_port_script(script: Path, sqlite: Path, target: Target) -> None:
             user=SYNAPSE_USER,
             timeout=PORT_TIMEOUT,
         )
-
-
-def systemctl(action: str) -> None:
-    """Start or stop Synapse, waiting for systemd to finish."""
-    run(["systemctl", action, "matrix-synapse.service"], timeout=300)
 
 
 def switch_to(stack: dict[str, Any], mode: DatabaseMode) -> Settings:

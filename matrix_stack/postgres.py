@@ -14,7 +14,7 @@ from matrix_stack import files
 from matrix_stack.errors import CommandError, MatrixStackError
 from matrix_stack.host import synapse_has_database
 from matrix_stack.render import SYNAPSE_CONF_PATH
-from matrix_stack.run import run
+from matrix_stack.run import last_line, run
 from matrix_stack.secrets import DATABASE_PASSFILE
 from matrix_stack.settings import DatabaseMode, Settings
 
@@ -116,9 +116,10 @@ def restore_dump(dump: Path, name: str) -> None:
             check=False,
         )
     if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
         drop_database(name)
-        raise MatrixStackError(f"pg_restore failed: {lines[-1] if lines else 'no output'}")
+        raise MatrixStackError(
+            f"pg_restore failed: {last_line(result.stderr.decode(errors='replace'))}"
+        )
 
 
 def database_is_empty(runner: Runner = psql_as_postgres) -> bool:

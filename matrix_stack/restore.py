@@ -20,19 +20,16 @@ from matrix_stack import answers, backup, postgres, services
 from matrix_stack.apply import apply
 from matrix_stack.backup_archive import Manifest, verify
 from matrix_stack.bootstrap import wait_until_answering
+from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import lookup_ids
-from matrix_stack.restore_stage import ConfigFile, archived_stack, stage
-from matrix_stack.run import run
+from matrix_stack.restore_stage import ConfigFile, Staged, archived_stack, stage
+from matrix_stack.services import synapse_unit
 from matrix_stack.settings import DatabaseMode, Settings
 from matrix_stack.synapse_api import TOKEN_PATH, Synapse
 
 KEEP_ROOT = Path("/var/lib/matrix-stack")
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
-
-
-def systemctl(action: str) -> None:
-    run(["systemctl", action, "matrix-synapse.service"], timeout=300)
 
 
 def copy_owned(source: Path, target: Path) -> None:
@@ -159,26 +156,25 @@ def restore(
     keep = KEEP_ROOT / f"restore-{stamp}"
     keep.mkdir(mode=0o700, parents=True)
     progress("unpacking the archive beside the live data (Synapse still runs)")
+    staged: Staged | None = None
     try:
         staged = stage(archive, manifest, stamp, keep)
-    except BaseException:
-        shutil.rmtree(keep, ignore_errors=True)
-        raise
-    try:
         new_stack = archived_stack(staged)
         settings = answers.load_settings(new_stack, f"{archive}: stack.yaml")
         check_engine(settings, manifest)
-        if manifest.engine == "sqlite" and staged.counts != _counted(manifest.counts):
+        archived = Counts(*(int(manifest.counts.get(table, -1)) for table in COUNTED_TABLES))
+        if manifest.engine == "sqlite" and staged.counts != archived:
             raise MatrixStackError(
-                f"the database copy holds {staged.counts}, its manifest says "
-                f"{_counted(manifest.counts)}: the archive is inconsistent"
+                f"the database copy holds {staged.counts}, its manifest says {archived}: the "
+                "archive is inconsistent"
             )
     except BaseException:
-        staged.discard()
+        if staged is not None:
+            staged.discard()
         shutil.rmtree(keep, ignore_errors=True)
         raise
     progress("stopping Synapse")
-    systemctl("stop")
+    synapse_unit("stop")
     swap = Swap(keep, stamp)
     try:
         if staged.media is not None:
@@ -202,16 +198,16 @@ def restore(
         apply(settings, prepare_database=lambda _settings, _root: [])
         # apply restarts what it rewrites; these read restored files it found already in place.
         _restart_readers(settings.turn_enable)
-        systemctl("start")
+        synapse_unit("start")
         if not wait_until_answering(synapse or Synapse(), 180, time.sleep):
             raise MatrixStackError("Synapse did not answer within 180 s on the restored data")
-        after = (backup.count_sqlite(Path(manifest.sqlite_path)) if manifest.engine == "sqlite"
-                 else backup.count_postgresql())
-        if _counted(after) != _counted(staged.counts):
+        after = (count_sqlite(Path(manifest.sqlite_path)) if manifest.engine == "sqlite"
+                 else count_postgresql())
+        if after != staged.counts:
             raise MatrixStackError(f"Synapse's database holds {after}, the archive {staged.counts}")
     except BaseException as error:
         progress("failed: putting the previous data back")
-        _stop_quietly()
+        synapse_unit("stop", check=False)
         problems = swap.roll_back()
         staged.discard()
         try:
@@ -220,7 +216,7 @@ def restore(
             _restart_readers(previous.turn_enable)
         except MatrixStackError as apply_error:
             problems.append(str(apply_error))
-        _start_quietly()
+        synapse_unit("start", check=False)
         detail = f"; could not undo everything: {problems[0]}" if problems else ""
         if isinstance(error, MatrixStackError):
             raise MatrixStackError(
@@ -232,20 +228,8 @@ def restore(
                                     for path in staged.differing)]
 
 
-def _counted(counts: dict[str, int]) -> dict[str, int]:
-    return {table: counts[table] for table in backup.COUNTED_TABLES if table in counts}
-
-
 def _restart_readers(turn: bool) -> None:
     """Restart Apache and coturn on the configuration and certificate now on disk."""
     _restarted, failed = services.restart(["coturn", "apache2"] if turn else ["apache2"])
     if failed:
         raise MatrixStackError(f"{', '.join(failed)} did not start; see: journalctl -u {failed[0]}")
-
-
-def _stop_quietly() -> None:
-    run(["systemctl", "stop", "matrix-synapse.service"], check=False, timeout=300)
-
-
-def _start_quietly() -> None:
-    run(["systemctl", "start", "matrix-synapse.service"], check=False, timeout=300)

@@ -27,6 +27,7 @@ from matrix_stack.backup_archive import (
     member_path,
     open_archive,
 )
+from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import lookup_ids
 
@@ -51,7 +52,7 @@ class Staged:
     media: Path | None = None
     sqlite: Path | None = None
     postgresql: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: Counts | None = None
     differing: list[Path] = field(default_factory=list)
 
     def discard(self) -> None:
@@ -74,7 +75,7 @@ def restorable(path: Path, manifest: Manifest) -> bool:
 
 def owner_of(member: tarfile.TarInfo) -> tuple[str, str]:
     owner = member.uname if member.uname in KNOWN_OWNERS else "root"
-    group = member.gname if member.gname in (*KNOWN_OWNERS, "turnserver") else "root"
+    group = member.gname if member.gname in KNOWN_OWNERS else "root"
     try:
         lookup_ids(owner, group)
     except MatrixStackError:
@@ -153,7 +154,7 @@ def stage_database(
             os.fchown(target.fileno(), uid, gid)
             os.fchmod(target.fileno(), 0o600)
             shutil.copyfileobj(unpacked, target, 1 << 20)
-        staged.counts = backup.count_sqlite(staged.sqlite, copy=True)
+        staged.counts = count_sqlite(staged.sqlite, copy=True)
         return
     dump = keep / "matrix_synapse.pgdump"
     with dump.open("xb") as target:
@@ -164,7 +165,7 @@ def stage_database(
     finally:
         dump.unlink()
     staged.postgresql = name
-    staged.counts = backup.count_postgresql(name)
+    staged.counts = count_postgresql(database=name)
 
 
 def archived_stack(staged: Staged) -> dict[str, Any]:

@@ -210,6 +210,23 @@ def restart(units: Iterable[str]) -> tuple[list[str], list[str]]:
     return lines, failed
 
 
+def switch_unit(unit: str, on: bool, *, check: bool) -> None:
+    """Enable and start a unit, or stop and disable it: through deb-systemd-helper and
+    deb-systemd-invoke in a maintainer script (so purge and policy-rc.d know), else systemctl
+    (whose failure raises when check)."""
+    if in_maintainer_script():
+        run(["deb-systemd-helper", "enable" if on else "disable", unit], check=False)
+        run(["deb-systemd-invoke", "start" if on else "stop", unit], check=False, timeout=180)
+    else:
+        run(["systemctl", "enable" if on else "disable", "--now", unit], check=check,
+            timeout=180)
+
+
+def synapse_unit(action: str, *, check: bool = True) -> None:
+    """Start or stop Synapse, waiting for systemd to finish."""
+    run(["systemctl", action, "matrix-synapse.service"], check=check, timeout=300)
+
+
 def set_turn_service(enabled: bool, root: Path = Path("/")) -> list[str]:
     """TURN off: stop and disable coturn (recorded); TURN on again: undo exactly that.
 
@@ -218,26 +235,17 @@ def set_turn_service(enabled: bool, root: Path = Path("/")) -> list[str]:
     if not SYSTEMD_RUNNING.exists():
         return []
     record = host_path(COTURN_DISABLED_RECORD, root)
-    maintainer = in_maintainer_script()
     if not enabled:
         state = run(["systemctl", "is-enabled", "coturn.service"], check=False).stdout.strip()
         if state != "enabled":
             return []
-        if maintainer:
-            run(["deb-systemd-helper", "disable", "coturn.service"], check=False)
-            run(["deb-systemd-invoke", "stop", "coturn.service"], check=False, timeout=180)
-        else:
-            run(["systemctl", "disable", "--now", "coturn.service"], check=False, timeout=180)
+        switch_unit("coturn.service", False, check=False)
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text("coturn was disabled by matrix-stack (matrix-stack/turn-enable)\n")
         return ["stop and disable coturn (TURN is off)"]
     if not record.exists():
         return []
-    if maintainer:
-        run(["deb-systemd-helper", "enable", "coturn.service"], check=False)
-        run(["deb-systemd-invoke", "start", "coturn.service"], check=False, timeout=180)
-    else:
-        run(["systemctl", "enable", "--now", "coturn.service"], check=False, timeout=180)
+    switch_unit("coturn.service", True, check=False)
     record.unlink()
     return ["enable and start coturn (TURN is on)"]
 
@@ -252,11 +260,5 @@ def set_backup_timer(daily: bool) -> list[str]:
     state = run(["systemctl", "is-enabled", BACKUP_TIMER], check=False).stdout.strip()
     if daily == (state == "enabled"):
         return []
-    action = "enable" if daily else "disable"
-    if in_maintainer_script():
-        run(["deb-systemd-helper", action, BACKUP_TIMER], check=False)
-        run(["deb-systemd-invoke", "start" if daily else "stop", BACKUP_TIMER], check=False,
-            timeout=180)
-    else:
-        run(["systemctl", action, "--now", BACKUP_TIMER], timeout=180)
-    return [f"{action} the daily backup ({BACKUP_TIMER})"]
+    switch_unit(BACKUP_TIMER, daily, check=True)
+    return [f"{'enable' if daily else 'disable'} the daily backup ({BACKUP_TIMER})"]

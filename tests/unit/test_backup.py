@@ -15,6 +15,7 @@ import pytest
 
 from matrix_stack import backup, backup_archive, doctor, restore, restore_stage
 from matrix_stack.backup_archive import ArchiveWriter, Manifest
+from matrix_stack.db_counts import Counts, count_sqlite
 from matrix_stack.errors import MatrixStackError, SettingsError
 from matrix_stack.settings import BackupSchedule, from_mapping
 
@@ -175,11 +176,11 @@ def test_the_sqlite_copy_is_complete_and_counted(tmp_path: Path) -> None:
         stage = tmp_path / "stage"
         stage.mkdir()
         compressed, counts, size = backup.copy_sqlite(live, stage)
-    assert counts == {"users": 2, "rooms": 1}
+    assert counts == Counts(users=2, rooms=1)
     unpacked = tmp_path / "copy.db"
     unpacked.write_bytes(gzip.decompress(compressed.read_bytes()))
     assert size == unpacked.stat().st_size
-    assert backup.count_sqlite(unpacked) == counts
+    assert count_sqlite(unpacked) == counts
     assert not (stage / "homeserver.db").exists()
 
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from matrix_stack import answers, db_migrate, postgres, secrets
-from matrix_stack.db_migrate import Counts, count_sqlite, port_config
+from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
+from matrix_stack.db_migrate import port_config
 from matrix_stack.errors import MatrixStackError
 
 
@@ -48,7 +49,7 @@ def test_count_postgresql_asks_synapse_database() -> None:
         seen.append(list(argv))
         return "7\n" if "users" in argv[-1] else "4\n"
 
-    assert db_migrate.count_postgresql(runner) == Counts(users=7, rooms=4)
+    assert count_postgresql(runner) == Counts(users=7, rooms=4)
     assert [argv[:2] for argv in seen] == [["-d", "matrix_synapse"]] * 2
 
 

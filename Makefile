@@ -1,4 +1,4 @@
-# matrix-stack: build, test and demo on a Debian machine (run as root: sudo make check).
+# matrix-stack: build, test and demo on a Debian machine (run as root: make check).
 SHELL := /bin/sh
 VERSION := $(shell dpkg-parsechangelog -S Version 2>/dev/null)
 DEB := out/matrix-stack_$(VERSION)_all.deb
@@ -36,10 +36,12 @@ $(DEB): $(shell find matrix_stack templates data bin doc debian tools -type f) s
 			../matrix-stack_$(VERSION)_*.changes out/'
 
 
-# The cached Debian sid root: booted by the system tests; the unit tests also read
-# Synapse's own source and schema from it.
+# The cached roots booted by the system tests: Debian 13 with matrix-synapse-py3 (built by
+# the test bed from Synapse's released wheel) and sid with Debian's matrix-synapse, whose tree
+# the unit tests also read Synapse's own source and schema from.
 base-image:
-	$(PYTHON) -c 'from tests.system.testbed import ensure_base_tarball as t, ensure_base_tree as d; d(t())'
+	$(PYTHON) -c 'from tests.system.testbed import TARGETS, ensure_base_tarball as t, \
+		ensure_base_tree as d; [d(t(target=target)) for target in TARGETS.values()]'
 
 unit:
 	$(PYTHON) -m pytest -q tests/unit
@@ -51,9 +53,13 @@ lint: $(DEB)
 		debian/matrix-stack.prerm debian/matrix-stack.postrm; do sh -n $$script || exit 1; done
 	lintian --fail-on error,warning $(DEB)
 
+# Every booted test on Debian 13 + matrix-synapse-py3 (what users run); on sid, the ones
+# marked every_target (what Debian's own packaging of Synapse changes).
 system: $(DEB)
-	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
-		$(PYTHON) -m pytest -v -x tests/system
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) MATRIX_STACK_TARGET=trixie-py3 \
+		$(PYTHON) -m pytest -v -x --durations=15 tests/system
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) MATRIX_STACK_TARGET=sid \
+		$(PYTHON) -m pytest -v -x --durations=15 -m every_target tests/system
 
 check: deps
 	$(MAKE) deb
@@ -63,16 +69,22 @@ check: deps
 	$(MAKE) system
 
 bench: $(DEB)
-	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) MATRIX_STACK_TARGET=trixie-py3 \
+		$(PYTHON) -m tests.bench.bench
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) MATRIX_STACK_TARGET=sid \
 		$(PYTHON) -m tests.bench.bench
 	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
 		$(PYTHON) -m tests.bench.bench_serving
 	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
 		$(PYTHON) -m tests.bench.bench_data
 
+# make demo: Debian 13 + matrix-synapse-py3; make demo TARGET=sid: sid + Debian's Synapse.
+TARGET := trixie-py3
+
 demo: deps
 	$(MAKE) deb
-	MATRIX_STACK_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m tests.system.demo start
+	MATRIX_STACK_DEB=$(CURDIR)/$(DEB) MATRIX_STACK_TARGET=$(TARGET) \
+		$(PYTHON) -m tests.system.demo start
 
 demo-stop:
 	$(PYTHON) -m tests.system.demo stop

@@ -1,6 +1,9 @@
-"""make bench: numbers from a booted Debian sid running the stack; printed, never asserted.
+"""make bench: numbers from a booted target running the stack; printed, never asserted.
 
-- install: apt-get install of the .deb until /_matrix/client/versions answers through Apache;
+Runs on $MATRIX_STACK_TARGET (make bench: Debian 13 + matrix-synapse-py3, then sid).
+- install: apt-get install of the .deb, Synapse already installed (on Debian 13 it is
+  installed from its repository first, and timed apart), until /_matrix/client/versions
+  answers through Apache;
 - apply: a no-change `matrix-stack-admin apply` (goal < 1 s, restarting nothing);
 - CLI start-up: `matrix-stack-admin --help` (goal < 50 ms);
 - `user list --json` over 1,000 accounts.
@@ -19,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.system import stack
-from tests.system.testbed import Container, cleanup_stale, ensure_base_tarball
+from tests.system.testbed import Container, cleanup_stale, current_target, ensure_base_tarball
 
 # Runs a command N times inside the container and prints the wall times as JSON.
 TIMER = """
@@ -67,18 +70,27 @@ def add_users(container: Container, count: int) -> None:
 def main() -> int:
     cleanup_stale()
     deb = Path(os.environ["MATRIX_STACK_DEB"])
+    target = current_target()
     print(f"machine: {machine()}")
-    with Container(ensure_base_tarball(), name="bench", hostname=stack.SERVER) as container:
+    with Container(ensure_base_tarball(target=target), name="bench",
+                   hostname=stack.SERVER) as container:
         container.boot()
         container.copy_in(deb, f"/srv/{deb.name}")
         container.run([*stack.APT, "update"], timeout=600)
+        if target.synapse_package == "matrix-synapse-py3":
+            stack.preseed(container, {"matrix-synapse/server-name": stack.SERVER})
+            started = time.monotonic()
+            container.run([*stack.APT, "install", target.synapse_package], timeout=900)
+            print(f"{target.synapse_package} from its repository (apt-get install, started by "
+                  f"its postinst): {time.monotonic() - started:.1f} s")
         container.run([*stack.APT, "install", "--download-only", f"/srv/{deb.name}"])
         started = time.monotonic()
         container.run([*stack.APT, "install", f"/srv/{deb.name}"], timeout=900)
         installed = time.monotonic()
         stack.wait_for_client_api(container)
         answered = time.monotonic()
-        print(f"container: Debian sid, {container.run(['python3', '--version']).stdout.strip()}")
+        print(f"container: {target.description}, "
+              f"{container.run(['python3', '--version']).stdout.strip()}")
         print(f"install: apt-get install {installed - started:.1f} s (dependencies downloaded "
               f"beforehand); until /_matrix/client/versions answers 200 through Apache: "
               f"{answered - started:.1f} s")

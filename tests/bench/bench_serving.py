@@ -222,7 +222,7 @@ def main() -> int:
             unpin(container)
             print("Element (a release whose bundles are real JavaScript from npm):")
             element_bytes(container)
-        print("reproduce: sudo make bench")
+        print("reproduce: make bench (as root)")
     return 0
 
 

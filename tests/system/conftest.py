@@ -4,6 +4,10 @@ Policy:
 * ``MATRIX_STACK_SYSTEM_TESTS=1`` (set by ``make check``): system tests run; a missing
   prerequisite (not root, no systemd-nspawn, no mmdebstrap, no built .deb) is a FAILURE.
 * otherwise: system tests are skipped.
+* ``MATRIX_STACK_TARGET`` picks the booted root: ``trixie-py3`` (Debian 13 with the Synapse
+  project's matrix-synapse-py3, the default) or ``sid`` (Debian's own matrix-synapse).
+  ``make check`` runs every test on trixie-py3 and those marked ``every_target`` (what
+  Debian's packaging of Synapse changes) on sid as well.
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ import pytest
 from tests.system.testbed import (
     CACHE_DIR,
     Container,
+    Target,
     cleanup_stale,
+    current_target,
     ensure_base_tarball,
     missing_prerequisites,
 )
 
 ENABLE_VAR = "MATRIX_STACK_SYSTEM_TESTS"
 DEB_VAR = "MATRIX_STACK_DEB"
-SKIP_REASON = "set MATRIX_STACK_SYSTEM_TESTS=1 (sudo make check) to run booted-system tests"
+SKIP_REASON = "set MATRIX_STACK_SYSTEM_TESTS=1 (make check, as root) to run booted-system tests"
 
 ContainerFactory = Callable[..., Container]
 
@@ -51,6 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"system: booted-system test (systemd-nspawn container; needs root and {ENABLE_VAR}=1)",
     )
+    config.addinivalue_line(
+        "markers",
+        "every_target: exercises what differs between Synapse packagings; runs on sid too",
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -62,14 +72,22 @@ _stale_cleaned = False
 
 
 @pytest.fixture(scope="session")
-def base_tarball() -> Path:
-    """The cached mmdebstrap sid root (built on first use; BaseImageError if sid is broken)."""
+def target() -> Target:
+    """The Debian release and Synapse package of this run ($MATRIX_STACK_TARGET)."""
+    return current_target()
+
+
+@pytest.fixture(scope="session")
+def base_tarball(target: Target) -> Path:
+    """The target's cached mmdebstrap root (built on first use; BaseImageError if the archive
+    is broken)."""
     global _stale_cleaned
     require_system()
     if not _stale_cleaned:
         cleanup_stale()
         _stale_cleaned = True
-    return ensure_base_tarball(Path(os.environ.get("MATRIX_STACK_TEST_CACHE", str(CACHE_DIR))))
+    cache = Path(os.environ.get("MATRIX_STACK_TEST_CACHE", str(CACHE_DIR)))
+    return ensure_base_tarball(cache, target=target)
 
 
 @pytest.fixture(scope="session")

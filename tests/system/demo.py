@@ -1,4 +1,4 @@
-"""sudo make demo / demo-stop: a throwaway Debian sid running the stack on its defaults."""
+"""make demo / demo-stop: a throwaway Debian 13 (or sid) running the stack on its defaults."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.system import stack
-from tests.system.testbed import Container, cleanup_stale, ensure_base_tarball
+from tests.system.testbed import Container, cleanup_stale, current_target, ensure_base_tarball
 
 HOSTNAME = stack.SERVER
 
@@ -15,9 +15,10 @@ HOSTNAME = stack.SERVER
 def start() -> int:
     cleanup_stale()
     deb = Path(os.environ["MATRIX_STACK_DEB"])
-    container = Container(ensure_base_tarball(), name="demo", hostname=HOSTNAME)
+    target = current_target()
+    container = Container(ensure_base_tarball(target=target), name="demo", hostname=HOSTNAME)
     try:
-        print("demo: booting Debian sid with systemd-nspawn ...", flush=True)
+        print(f"demo: booting {target.description} with systemd-nspawn ...", flush=True)
         container.boot()
         print(f"demo: installing {deb.name} with apt (defaults, no preseed) ...", flush=True)
         stack.install(container, deb)
@@ -35,8 +36,8 @@ The stack runs in {directory} (sharing this host's network).
                    https://{HOSTNAME}:8448/_matrix/federation/v1/version
   Element:     https://element.{HOSTNAME}/ (add "127.0.0.1 {HOSTNAME} element.{HOSTNAME}"
                to /etc/hosts to open it in a browser; the certificate is self-signed)
-  A shell:     sudo nsenter -t {container.pid1} -a bash
-  Stop it:     sudo make demo-stop
+  A shell:     nsenter -t {container.pid1} -a bash
+  Stop it:     make demo-stop
 """)
     return 0
 

@@ -1,4 +1,4 @@
-"""The test bed itself: a booted sid root with real systemd, Apache answering, full cleanup."""
+"""The test bed itself: a booted root with real systemd, Apache answering, full cleanup."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.system.testbed import (
     wait_for,
 )
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.every_target]
 
 FQDN = "testbed.example.test"
 

@@ -22,7 +22,7 @@ from tests.system.stack import SERVER, host_resolves, install, preseed
 from tests.system.stack import synapse_request as client_api
 from tests.system.testbed import Container, wait_for
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.every_target]
 
 ADMIN_PASSWORD = "Boot-strap-S3cret"
 

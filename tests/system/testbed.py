@@ -43,12 +43,16 @@ from typing import IO, Any, Self, TypeVar
 __all__ = [
     "BASE_PACKAGES",
     "CACHE_DIR",
-    "DEFAULT_MIRROR",
     "DEFAULT_SUITE",
+    "DEFAULT_TARGET",
+    "TARGETS",
     "WORK_DIR",
     "BaseImageError",
     "Container",
     "Response",
+    "Target",
+    "current_target",
+    "debian_mirror",
     "cleanup_stale",
     "ensure_base_tarball",
     "ensure_base_tree",
@@ -58,14 +62,13 @@ __all__ = [
     "wait_for",
 ]
 
-# Packages of the base root, on top of what mmdebstrap's "apt" variant brings (Essential: yes
+# Packages of every base root, on top of what mmdebstrap's "apt" variant brings (Essential: yes
 # plus apt).  mod_md ships inside apache2 itself, so there is no separate package for it.
 # "mount" keeps systemd's own .mount units from failing at boot (it is not Essential in sid).
-BASE_PACKAGES: tuple[str, ...] = (
+COMMON_PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
     "dbus",
-    "matrix-synapse",
     "coturn",
     "apache2",
     "ca-certificates",
@@ -79,8 +82,86 @@ BASE_PACKAGES: tuple[str, ...] = (
     "mount",
 )
 
+
+@dataclass(frozen=True)
+class Target:
+    """A Debian release and the Synapse package a booted test runs on."""
+
+    name: str
+    suite: str
+    synapse_package: str
+    description: str
+    # Installed in the base root; matrix-synapse-py3 is not: it comes from its repository,
+    # as on a real server, when the test installs matrix-stack.
+    packages: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    "trixie-py3": Target(
+        name="trixie-py3",
+        suite="trixie",
+        synapse_package="matrix-synapse-py3",
+        description="Debian 13 with the Synapse project's matrix-synapse-py3",
+        # sid's root has both through matrix-synapse; tzdata configured at test time fails
+        # (nspawn binds /etc/localtime), and every server has python3.
+        packages=(*COMMON_PACKAGES, "tzdata", "python3"),
+    ),
+    "sid": Target(
+        name="sid",
+        suite="sid",
+        synapse_package="matrix-synapse",
+        description="Debian sid with Debian's matrix-synapse",
+        packages=(*COMMON_PACKAGES, "matrix-synapse"),
+    ),
+}
+DEFAULT_TARGET = "trixie-py3"
+TARGET_VAR = "MATRIX_STACK_TARGET"
+
+
+def current_target() -> Target:
+    """The target named by $MATRIX_STACK_TARGET (Debian 13 + matrix-synapse-py3 by default)."""
+    name = os.environ.get(TARGET_VAR, "") or DEFAULT_TARGET
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise TestbedError(
+            f"{TARGET_VAR}={name}: unknown target (known: {', '.join(TARGETS)})"
+        ) from None
+
+
+# The sid root of earlier rounds, kept under its old names for the callers that pass them.
+BASE_PACKAGES = TARGETS["sid"].packages
 DEFAULT_SUITE = "sid"
-DEFAULT_MIRROR = os.environ.get("MATRIX_STACK_TEST_MIRROR", "http://deb.debian.org/debian")
+MIRROR_VAR = "MATRIX_STACK_TEST_MIRROR"
+
+
+def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian archive this host's apt uses (TESTBED.md §1), or $MATRIX_STACK_TEST_MIRROR.
+
+    Read from the ``URIs:`` lines of ``sources.list.d/*.sources`` or the ``deb`` lines of
+    ``sources.list``: the first address whose path ends in ``/debian``.
+    """
+    if os.environ.get(MIRROR_VAR):
+        return os.environ[MIRROR_VAR].rstrip("/")
+    candidates: list[str] = []
+    for sources in sorted((sources_dir / "sources.list.d").glob("*.sources")):
+        for line in sources.read_text(errors="replace").splitlines():
+            if line.startswith("URIs:"):
+                candidates += line.split()[1:]
+    for path in (sources_dir / "sources.list", *sorted(sources_dir.glob("sources.list.d/*.list"))):
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                words = [w for w in line.split() if not w.startswith("[")]
+                if len(words) >= 2 and words[0] == "deb":
+                    candidates.append(words[1])
+    for uri in candidates:
+        if uri.rstrip("/").endswith("/debian"):
+            return uri.rstrip("/")
+    raise BaseImageError(
+        f"no Debian archive found in {sources_dir}/sources.list(.d): set {MIRROR_VAR}"
+    )
+
+
 CACHE_DIR = Path("/var/cache/matrix-stack-tests")
 WORK_DIR = Path("/var/tmp/matrix-stack-tests")
 # Held by the process whose container uses the host's network (ports 80, 443, 8448, 3478).
@@ -150,7 +231,7 @@ def missing_prerequisites() -> list[str]:
 # base image
 
 
-def _base_key(packages: Sequence[str], suite: str, mirror: str) -> str:
+def _base_key(packages: Sequence[str], suite: str, mirror: str, extra: str = "") -> str:
     recipe = {
         "recipe": _RECIPE_VERSION,
         "variant": "apt",
@@ -159,6 +240,8 @@ def _base_key(packages: Sequence[str], suite: str, mirror: str) -> str:
         "packages": sorted(set(packages)),
         "apt_conf": _APT_CONF,
     }
+    if extra:
+        recipe["extra"] = extra
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     return digest[:12]
 
@@ -174,78 +257,108 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def run_mmdebstrap(
+    suite: str,
+    output: str,
+    mirror: str,
+    packages: Sequence[str],
+    hooks: Sequence[str],
+    log_path: Path,
+    what: str,
+) -> None:
+    """Run mmdebstrap (variant apt, the expired-Release option) with customize hooks.
+
+    Raises ``BaseImageError`` with the log's tail when it fails: nearly always a broken
+    archive or snapshot.
+    """
+    argv = [
+        "mmdebstrap",
+        "--variant=apt",
+        "--aptopt=" + _APT_CONF.strip().rstrip(";"),
+        "--include=" + ",".join(packages),
+        *(f"--customize-hook={hook}" for hook in hooks),
+        suite,
+        output,
+        mirror,
+    ]
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(argv) + "\n")
+        log.flush()
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**_HOST_ENV, "TMPDIR": "/var/tmp"},
+            check=False,
+        )
+    if proc.returncode != 0:
+        output_text = log_path.read_text(errors="replace")
+        raise BaseImageError(
+            f"mmdebstrap failed (exit {proc.returncode}) building {what} from {mirror}: the "
+            "Debian archive/snapshot looks broken (unsatisfiable or missing packages, or an "
+            f"unreachable mirror). Packages: {', '.join(packages)}.\nFull log: {log_path}\n"
+            f"Last output:\n{_tail(output_text)}"
+        )
+
+
 def ensure_base_tarball(
     cache_dir: Path = CACHE_DIR,
     *,
-    packages: Sequence[str] = BASE_PACKAGES,
-    suite: str = DEFAULT_SUITE,
-    mirror: str = DEFAULT_MIRROR,
+    target: Target | None = None,
+    mirror: str | None = None,
 ) -> Path:
-    """Return the cached base root tarball, building it with mmdebstrap when missing.
+    """Return the cached base root tarball of a target, building it with mmdebstrap if missing.
 
     The file is ``<cache_dir>/<suite>-<key>.tar`` where ``key`` is 12 hex digits of a sha256
-    over the package list, suite, mirror and recipe.  Raises ``BaseImageError`` when
-    mmdebstrap fails, which nearly always means the archive or its snapshot is broken.
+    over the package list, suite, mirror, recipe and (Debian 13) the matrix-synapse-py3
+    repository it carries.  Raises ``BaseImageError`` when mmdebstrap fails, which nearly
+    always means the archive or its snapshot is broken.
     """
-    key = _base_key(packages, suite, mirror)
-    target = cache_dir / f"{suite}-{key}.tar"
-    if target.is_file():
-        return target
+    target = target or current_target()
+    mirror = mirror or debian_mirror()
+    hooks = [
+        f"printf '%s' '{_APT_CONF}' > \"$1/etc/apt/apt.conf.d/{_APT_CONF_NAME}\""
+        ' && echo localhost > "$1/etc/hostname"'
+    ]
+    extra = ""
+    if target.synapse_package == "matrix-synapse-py3":
+        from tests.system.synapse_py3 import ensure_repository, repository_hooks
+
+        repository = ensure_repository(cache_dir, mirror)
+        hooks += repository_hooks(repository)
+        extra = repository.name
+    key = _base_key(target.packages, target.suite, mirror, extra)
+    tarball = cache_dir / f"{target.suite}-{key}.tar"
+    if tarball.is_file():
+        return tarball
     with _locked(cache_dir / ".lock"):
-        if target.is_file():  # built meanwhile by another process
-            return target
+        if tarball.is_file():  # built meanwhile by another process
+            return tarball
         # mmdebstrap picks the output format from the name: keep ".tar" at the end.
-        tmp = target.with_name(f"{suite}-{key}.tmp-{os.getpid()}.tar")
-        log_path = target.with_suffix(".log")
-        hook = (
-            f"printf '%s' '{_APT_CONF}' > \"$1/etc/apt/apt.conf.d/{_APT_CONF_NAME}\""
-            ' && echo localhost > "$1/etc/hostname"'
-        )
-        argv = [
-            "mmdebstrap",
-            "--variant=apt",
-            "--aptopt=" + _APT_CONF.strip().rstrip(";"),
-            "--include=" + ",".join(packages),
-            "--customize-hook=" + hook,
-            suite,
-            str(tmp),
-            mirror,
-        ]
+        tmp = tarball.with_name(f"{target.suite}-{key}.tmp-{os.getpid()}.tar")
+        log_path = tarball.with_suffix(".log")
         _log(
-            f"building base image {target.name} with mmdebstrap from {mirror} "
-            f"(about a minute; log: {log_path}) ..."
+            f"building base image {tarball.name} ({target.description}) with mmdebstrap "
+            f"from {mirror} (about a minute; log: {log_path}) ..."
         )
         started = time.monotonic()
         try:
-            with open(log_path, "w") as log:
-                log.write("$ " + " ".join(argv) + "\n")
-                log.flush()
-                proc = subprocess.run(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**_HOST_ENV, "TMPDIR": "/var/tmp"},
-                    check=False,
-                )
-            if proc.returncode != 0 or not tmp.is_file():
-                output = log_path.read_text(errors="replace")
-                raise BaseImageError(
-                    f"mmdebstrap failed (exit {proc.returncode}) building the {suite} base "
-                    f"image from {mirror}: the Debian archive/snapshot looks broken "
-                    "(unsatisfiable or missing packages, or an unreachable mirror). "
-                    f"Packages: {', '.join(packages)}.\nFull log: {log_path}\n"
-                    f"Last output:\n{_tail(output)}"
-                )
+            run_mmdebstrap(
+                target.suite, str(tmp), mirror, target.packages, hooks, log_path,
+                f"the {target.name} base image",
+            )
+            if not tmp.is_file():
+                raise BaseImageError(f"mmdebstrap left no {tmp}; see {log_path}")
         except BaseException:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 tmp.unlink()
             raise
-        os.replace(tmp, target)
-        _log(f"base image built in {time.monotonic() - started:.1f}s: {target}")
-    return target
+        os.replace(tmp, tarball)
+        _log(f"base image built in {time.monotonic() - started:.1f}s: {tarball}")
+    return tarball
 
 
 def _extract(tarball: Path, dest: Path) -> None:

@@ -195,4 +195,4 @@ def apply(
 def ensure_root() -> None:
     """Refuse to run as anyone but root (the files and services are root's)."""
     if os.geteuid() != 0:
-        raise MatrixStackError("this needs root: run it with sudo")
+        raise MatrixStackError("this needs root: run it as root")

@@ -11,10 +11,12 @@ so nothing here uses extractall).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -95,14 +97,33 @@ class ArchiveWriter:
 
     def add_file(self, path: Path, name: str) -> None:
         """Add the regular file at path as member name, hashing it as it is written."""
-        info = self.tar.gettarinfo(str(path), arcname=name)
-        with path.open("rb") as stream:
+        if not self._add_regular(path, name):
+            raise MatrixStackError(f"{path} is not a regular file: not backed up")
+
+    def _add_regular(self, path: Path, name: str) -> bool:
+        """Add path if it is a regular file; return whether it was.
+
+        The file is opened first, without following a link, and described from that open
+        file: a link its owner swaps in after the tree was walked is never followed.
+        """
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return False
+            raise
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            return False
+        with os.fdopen(descriptor, "rb") as stream:
+            info = self.tar.gettarinfo(arcname=name, fileobj=stream)
             hashing = _HashingReader(stream)
             self.tar.addfile(info, hashing)
         if hashing.size != info.size:
             raise MatrixStackError(f"{path} changed size while it was being backed up")
         self.members[name] = {"sha256": hashing.digest.hexdigest(), "size": info.size}
         self.bytes += info.size
+        return True
 
     def add_directory(self, path: Path, name: str) -> None:
         self.tar.addfile(self.tar.gettarinfo(str(path), arcname=name))
@@ -122,8 +143,11 @@ class ArchiveWriter:
             subdirectories[:] = [d for d in subdirectories if not (directory / d).is_symlink()]
             for name in sorted(names):
                 candidate = directory / name
-                if candidate.is_file() and not candidate.is_symlink():
-                    self.add_file(candidate, files_member(candidate))
+                if (
+                    candidate.is_file()
+                    and not candidate.is_symlink()
+                    and self._add_regular(candidate, files_member(candidate))
+                ):
                     count += 1
                     if progress is not None and count % 1000 == 0:
                         progress(f"  {count} files, {self.bytes // 2**20} MiB so far")

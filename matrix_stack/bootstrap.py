@@ -34,7 +34,8 @@ def bootstrap_admin(
 ) -> str:
     """Create the administrator NAME unless it exists; return one line saying what happened.
 
-    Never raises for a Synapse that does not answer: the line then gives the command to run.
+    Never raises for a Synapse that does not answer (or not as Synapse): the line then gives
+    the command to run.
     """
     later = f"create it later with: matrix-stack-admin user add {name} --admin"
     try:
@@ -54,5 +55,7 @@ def bootstrap_admin(
     except SynapseError as error:
         if error.errcode == "M_USER_IN_USE":
             return f"{user} already exists: left unchanged"
+        return f"{user} was not created ({error}); {later}"
+    except MatrixStackError as error:  # no answer, not Synapse answering, no shared secret
         return f"{user} was not created ({error}); {later}"
     return f"created the administrator {user}"

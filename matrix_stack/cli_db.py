@@ -30,9 +30,12 @@ def add_commands(commands: Any) -> None:
         "/opt/venvs/matrix-synapse/bin/synapse_port_db) as the user matrix-synapse, check that "
         "PostgreSQL holds as many users and rooms as SQLite, set database: postgresql in "
         "stack.yaml, apply, start Synapse and count again. One progress line per step.",
-        epilog="On any failure, stack.yaml and the SQLite configuration are put back and "
-        "Synapse is started on SQLite again; empty the PostgreSQL database before trying "
-        "again. The SQLite file /var/lib/matrix-synapse/homeserver.db is kept. Answering "
+        epilog="On any failure or interruption (Ctrl-C, SIGTERM), stack.yaml and the SQLite "
+        "configuration are put back and Synapse is started on SQLite again; empty the "
+        "PostgreSQL database before trying "
+        "again. After a verified copy the SQLite file /var/lib/matrix-synapse/homeserver.db "
+        "is renamed homeserver.db.migrated-STAMP beside itself (never deleted), and going "
+        "back to sqlite is refused while PostgreSQL holds the data. Answering "
         "postgresql to matrix-stack/database while that file holds data is refused, because "
         "Synapse would start from an empty database: this command is the way. matrix-stack "
         "never drops Synapse's database.",
@@ -85,5 +88,5 @@ def run_migrate(arguments: argparse.Namespace) -> int:
     elif arguments.password_file:
         raise UsageError("--password-file is for a remote server: add --host")
     counts = migrate(lambda line: print(line, flush=True), remote=remote, password=password)
-    print(f"Synapse runs on PostgreSQL with {counts}; the SQLite file is kept")
+    print(f"Synapse runs on PostgreSQL with {counts}")
     return 0

@@ -10,6 +10,10 @@ from matrix_stack.errors import MatrixStackError, UsageError
 
 # The postinst never waits longer than this for Element (a slow or offline network).
 POSTINST_SECONDS = 60.0
+DOWNGRADE_HELP = (
+    "install a release older than the one served (refused otherwise: a stale mirror or a "
+    "tampered download can offer an old, validly signed release)"
+)
 
 
 def add_commands(commands: Any) -> None:
@@ -36,20 +40,24 @@ def add_commands(commands: Any) -> None:
         "verify them with gpgv against the pinned key (see ELEMENT RELEASES in "
         "matrix-stack-admin(8)), unpack and serve the release. VERSION is X.Y.Z or latest; "
         "without it, the configured element_version. A progress line is shown on a terminal. "
-        "Nothing is downloaded when that version is already served.",
+        "Nothing is downloaded when that version is already served, nor when it is older than "
+        "the one served, unless --allow-downgrade.",
     )
     fetch.add_argument("version", metavar="VERSION", nargs="?", help="X.Y.Z or latest")
+    fetch.add_argument("--allow-downgrade", action="store_true", help=DOWNGRADE_HELP)
     fetch.set_defaults(handler=run_fetch)
 
     install = actions.add_parser(
         "install", help="verify and install a release tarball already on this host",
         description="Verify a release tarball already on this host (air-gapped servers) with "
-        "its detached signature (default TARBALL.asc) and serve it.",
+        "its detached signature (default TARBALL.asc) and serve it; a release older than the "
+        "one served only with --allow-downgrade.",
     )
     install.add_argument("tarball", metavar="TARBALL", help="the release tarball")
     install.add_argument(
         "--signature", metavar="F", help="the detached signature (default: TARBALL.asc)"
     )
+    install.add_argument("--allow-downgrade", action="store_true", help=DOWNGRADE_HELP)
     install.set_defaults(handler=run_install)
 
     rollback = actions.add_parser(
@@ -121,7 +129,10 @@ def run_fetch(arguments: argparse.Namespace) -> int:
     # A SettingsError: a usage error, exit 2.
     requested = None if arguments.version is None else check_version("VERSION", arguments.version)
     ensure_root()
-    outcome = element.fetch(_settings(), requested, downloader=_downloader())
+    outcome = element.fetch(
+        _settings(), requested, downloader=_downloader(),
+        allow_downgrade=arguments.allow_downgrade,
+    )
     print(_installed_line(outcome))
     return 0
 
@@ -137,7 +148,7 @@ def run_install(arguments: argparse.Namespace) -> int:
             raise UsageError(f"{path}: no such file")
     ensure_root()
     outcome = element.install(_settings(), tarball.resolve(), signature.resolve(),
-                              downloader=_downloader())
+                              downloader=_downloader(), allow_downgrade=arguments.allow_downgrade)
     print(_installed_line(outcome))
     return 0
 

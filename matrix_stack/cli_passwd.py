@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from matrix_stack.cli_users import (
@@ -83,16 +84,21 @@ def run_passwd(arguments: argparse.Namespace) -> int:
     return _passwd_offline(user, arguments.password_file, running)
 
 
-def _passwd_offline(user: Any, password_file: str | None, running: bool) -> int:
+def _passwd_offline(
+    user: Any, password_file: str | None, running: bool, root: Path = Path("/")
+) -> int:
     from matrix_stack.passwords import hash_password, password_settings, read_new_password
     from matrix_stack.synapse_config import read_merged_config
     from matrix_stack.synapse_db import reset_password_offline
 
-    config = read_merged_config()
+    config = read_merged_config(root)
     settings = password_settings(config)
     password = read_new_password(password_file)
-    ended = reset_password_offline(config, str(user), hash_password(password, settings))
-    print(f"password of {user} changed offline; {ended} session(s) ended")
+    ended = reset_password_offline(config, str(user), hash_password(password, settings), root)
+    print(
+        f"password of {user} changed offline; {ended.access_tokens} session(s) ended, "
+        f"{ended.pushers} pusher(s) removed"
+    )
     if running:
         print("Synapse ran meanwhile: restart it now (systemctl restart matrix-synapse)")
     else:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 import yaml
 
@@ -19,7 +22,7 @@ from matrix_stack.apply import apply
 from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.files import lookup_ids
+from matrix_stack.files import create_exclusive, lookup_ids
 from matrix_stack.host import SYNAPSE_SQLITE_PATH, synapse_has_database
 from matrix_stack.run import run
 from matrix_stack.services import SYNAPSE_USER
@@ -90,10 +93,7 @@ class Target:
     settings: Settings
 
     def __str__(self) -> str:
-        if not self.settings.remote_database:
-            return f"PostgreSQL database {postgres.DATABASE}"
-        return (f"PostgreSQL database {self.settings.database_name} on "
-                f"{self.settings.database_host}:{self.settings.database_port}")
+        return postgres.describe(self.settings)
 
     def prepare(self, progress: Callable[[str], None]) -> None:
         if self.settings.remote_database:
@@ -137,17 +137,33 @@ def run_port_script(script: Path, sqlite: Path, target: Target) -> None:
     """Copy the SQLite data into PostgreSQL as the matrix-synapse user (peer authentication)."""
     uid, gid = lookup_ids(SYNAPSE_USER, "root")
     with tempfile.TemporaryDirectory(prefix="matrix-stack-port-") as stage:
-        os.chown(stage, uid, gid)
+        # Written while the directory is root's, given to Synapse's account last: once it
+        # owns the directory it could plant links there, which root must not follow.
         config = Path(stage) / "postgres.yaml"
         block = postgres.synapse_database_block(target.settings)
-        config.write_text(port_config(read_merged_config(), block), encoding="utf-8")
-        config.chmod(0o600)
-        os.chown(config, uid, gid)
+        text = port_config(read_merged_config(), block)
+        with os.fdopen(create_exclusive(config, uid, gid, 0o600), "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chown(stage, uid, gid, follow_symlinks=False)
         run(
             [str(script), "--sqlite-database", str(sqlite), "--postgres-config", str(config)],
             user=SYNAPSE_USER,
             timeout=PORT_TIMEOUT,
         )
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs, so its undo runs as for Ctrl-C."""
+
+    def interrupt(_signal: int, _frame: FrameType | None) -> NoReturn:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def switch_to(stack: dict[str, Any], mode: DatabaseMode) -> Settings:
@@ -197,32 +213,57 @@ def migrate(
         check_free_disk(sqlite)
     wait_for_background_updates(sqlite, progress)
     progress("stopping Synapse")
-    systemctl("stop")
-    try:
-        # Counted once Synapse is stopped: nothing can register in between.
-        before = count_sqlite(sqlite)
-        started = time.monotonic()
-        progress(
-            f"copying {before} from {sqlite} into {target} with {script.name} "
-            "(this can take a while)"
-        )
-        run_port_script(script, sqlite, target)
-        progress(f"copied in {time.monotonic() - started:.0f} s; checking the counts")
-        verify(before, target)
-        progress("switching Synapse to PostgreSQL")
-        switch_to(new_stack, DatabaseMode.POSTGRESQL)
-        systemctl("start")
-        if not wait_until_answering(synapse or Synapse(), 120, time.sleep):
-            raise MatrixStackError("Synapse did not answer on PostgreSQL within 120 s")
-        verify(before, target)
-    except (MatrixStackError, OSError) as error:
-        progress("failed: going back to SQLite")
-        restore(stack)
-        raise MatrixStackError(
-            f"migration failed ({error}); Synapse runs on SQLite again, {sqlite} untouched; "
-            f"empty {target} before trying again"
-        ) from None
+    # As restore does: any BaseException (Ctrl-C, SIGTERM made one below, a bug) runs the undo;
+    # the stop is inside, since an interrupted systemctl may have stopped Synapse all the same.
+    with interrupt_on_sigterm():
+        try:
+            systemctl("stop")
+            # Counted once Synapse is stopped: nothing can register in between.
+            before = count_sqlite(sqlite)
+            started = time.monotonic()
+            progress(
+                f"copying {before} from {sqlite} into {target} with {script.name} "
+                "(this can take a while)"
+            )
+            run_port_script(script, sqlite, target)
+            progress(f"copied in {time.monotonic() - started:.0f} s; checking the counts")
+            verify(before, target)
+            progress("switching Synapse to PostgreSQL")
+            switch_to(new_stack, DatabaseMode.POSTGRESQL)
+            systemctl("start")
+            if not wait_until_answering(synapse or Synapse(), 120, time.sleep):
+                raise MatrixStackError("Synapse did not answer on PostgreSQL within 120 s")
+            verify(before, target)
+        except BaseException as error:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            progress(f"{'interrupted' if interrupted else 'failed'}: going back to SQLite")
+            restore(stack)
+            back = (f"Synapse runs on SQLite again, {sqlite} untouched; empty {target} before "
+                    "trying again")
+            if interrupted:
+                raise MatrixStackError(f"migration interrupted; {back}") from None
+            if isinstance(error, (MatrixStackError, OSError)):
+                raise MatrixStackError(f"migration failed ({error}); {back}") from None
+            raise
+    progress(set_aside_sqlite(sqlite, before, target))
     return before
+
+
+def set_aside_sqlite(sqlite: Path, counts: Counts, target: Target) -> str:
+    """Rename the SQLite database now copied and verified, so nothing mistakes it for live data.
+
+    Done once Synapse runs on PostgreSQL, past the undo: a failure here leaves the migration
+    done. Return the line saying so.
+    """
+    try:
+        kept = postgres.set_aside(sqlite, "migrated")
+    except (MatrixStackError, OSError) as error:
+        raise MatrixStackError(
+            f"Synapse runs on {target} with {counts}, but its old SQLite database {sqlite} could "
+            f"not be set aside ({error}): rename it by hand, to keep it as an old copy"
+        ) from None
+    return (f"set aside the SQLite database {sqlite} as {kept}: Synapse's data is in {target} "
+            "now; nothing was deleted")
 
 
 def verify(before: Counts, target: Target) -> None:
@@ -236,6 +277,9 @@ def restore(stack: dict[str, Any]) -> None:
     """Put the SQLite configuration back and start Synapse on it."""
     try:
         answers.write_stack(stack)
-        apply(answers.load_settings(stack, str(answers.STACK_PATH)))
+        # Past postgres.prepare, which refuses SQLite once PostgreSQL is live and holds data:
+        # here the SQLite file is untouched and PostgreSQL holds only a copy of it.
+        apply(answers.load_settings(stack, str(answers.STACK_PATH)),
+              prepare_database=lambda _settings, _root: [])
     finally:
         systemctl("start")

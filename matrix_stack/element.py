@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix_stack.element_archive import Release, unpack_release
+from matrix_stack.element_archive import Release, parse_version, unpack_release
 from matrix_stack.element_compress import precompress
 from matrix_stack.element_download import Downloader, DownloadError, resolve_latest, tarball_url
 from matrix_stack.element_signature import (
@@ -87,6 +87,21 @@ def locked(root: Path) -> Iterator[Path]:
         "another Element fetch, install or rollback is running; try again later",
     ):
         yield directory
+
+
+def refuse_downgrade(version: str, current: str | None, *, allow_downgrade: bool) -> None:
+    """Raise unless version is at least the one served (or a downgrade is allowed).
+
+    A stale mirror, or a download over http:// changed on the way, can offer an older release
+    that is still validly signed, and with it the holes fixed since.
+    """
+    if allow_downgrade or current is None or parse_version(version) >= parse_version(current):
+        return
+    shown = version.removeprefix("v")
+    raise MatrixStackError(
+        f"Element {shown} is older than the installed {current}: refused (a stale mirror or a "
+        "tampered download can offer an old release); add --allow-downgrade to install it anyway"
+    )
 
 
 def _set_link(link: Path, target: str) -> None:
@@ -174,6 +189,7 @@ def _install_locked(
     tarball: Path,
     signature: Path,
     expected: str | None,
+    allow_downgrade: bool,
 ) -> Outcome:
     _verify(settings, root, downloader, tarball, signature)
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=".unpack-"))
@@ -182,6 +198,7 @@ def _install_locked(
         current = installed(root).current
         if release.version == current:
             return Outcome(current, current, changed=False)
+        refuse_downgrade(release.version, current, allow_downgrade=allow_downgrade)
         precompress(release.path)
         return Outcome(release.version, _switch(directory, release))
     finally:
@@ -195,11 +212,13 @@ def install(
     *,
     root: Path = Path("/"),
     downloader: Downloader | None = None,
+    allow_downgrade: bool = False,
 ) -> Outcome:
-    """Verify and install a local release tarball."""
+    """Verify and install a local release tarball; an older one only if allowed."""
     with locked(root) as directory:
         outcome = _install_locked(
-            settings, root, directory, downloader or Downloader(), tarball, signature, None
+            settings, root, directory, downloader or Downloader(), tarball, signature, None,
+            allow_downgrade,
         )
         prune(directory)
     return outcome
@@ -211,14 +230,20 @@ def fetch(
     *,
     root: Path = Path("/"),
     downloader: Downloader | None = None,
+    allow_downgrade: bool = False,
 ) -> Outcome:
-    """Download, verify and install a version ('latest' resolved) unless it is served already."""
+    """Download, verify and install a version ('latest' resolved) unless it is served already.
+
+    A version older than the one served is refused before any download, unless allowed.
+    """
     downloader = downloader or Downloader()
     wanted = requested or settings.element_version
     version = resolve_latest(settings, downloader) if wanted == "latest" else wanted
     with locked(root) as directory:
-        if installed(root).current == version:
+        current = installed(root).current
+        if current == version:
             return Outcome(version, version, changed=False)
+        refuse_downgrade(version, current, allow_downgrade=allow_downgrade)
         url = tarball_url(settings.element_source, version)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as work:
             tarball = Path(work) / f"element-v{version}.tar.gz"
@@ -226,7 +251,8 @@ def fetch(
             downloader.download(url, tarball)
             downloader.download(f"{url}.asc", signature, limit=SIGNATURE_LIMIT, show=False)
             outcome = _install_locked(
-                settings, root, directory, downloader, tarball, signature, version
+                settings, root, directory, downloader, tarball, signature, version,
+                allow_downgrade,
             )
         prune(directory)
     return outcome

@@ -135,10 +135,10 @@ def fetch_url(url: str, timeout: float = TIMEOUT, cafile: str | None = None) -> 
     import urllib.error
     import urllib.request
 
+    from matrix_stack.synapse_api import direct_opener
+
     context = ssl.create_default_context(cafile=cafile)
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
+    opener = direct_opener(urllib.request.HTTPSHandler(context=context))
     request = urllib.request.Request(url, headers={"User-Agent": "matrix-stack-admin"})
     try:
         with opener.open(request, timeout=timeout) as response:

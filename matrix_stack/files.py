@@ -152,6 +152,26 @@ def lookup_ids(owner: str, group: str) -> tuple[int, int]:
     return uid, gid
 
 
+def create_exclusive(
+    path: Path | str, uid: int, gid: int, mode: int, *, dir_fd: int | None = None
+) -> int:
+    """Create a new file, owner and mode set on its descriptor; return it open for writing.
+
+    Never an existing file and never through a link at its name (O_EXCL, O_NOFOLLOW), so a
+    link planted where root writes cannot hand root's powers to whoever planted it.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(path, flags, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchown(descriptor, uid, gid)
+        os.fchmod(descriptor, mode)
+    except BaseException:
+        os.close(descriptor)
+        os.unlink(path, dir_fd=dir_fd)
+        raise
+    return descriptor
+
+
 def write_atomic(spec: FileSpec, root: Path, *, text: str | None = None) -> None:
     """Replace the target with text (default spec.text): temp file, chown, chmod, fsync, rename.
 

@@ -17,6 +17,7 @@ from matrix_stack.errors import MatrixStackError
 from matrix_stack.settings import Settings
 
 PROGRAM = "matrix-stack"
+ADMIN_PASSWORD_QUESTION = "matrix-stack/admin-password"
 
 
 def configure(
@@ -65,9 +66,11 @@ def bootstrap(debconf: answers.DebconfLike, server_name: str) -> list[str]:
     """Create the administrator asked for, then forget its password (always)."""
     from matrix_stack.bootstrap import bootstrap_admin
 
-    name = debconf.get("matrix-stack/admin-user").strip()
-    password = debconf.get("matrix-stack/admin-password")
-    debconf.set("matrix-stack/admin-password", "")
+    try:
+        name = debconf.get("matrix-stack/admin-user").strip()
+        password = debconf.get(ADMIN_PASSWORD_QUESTION)
+    finally:
+        debconf.set(ADMIN_PASSWORD_QUESTION, "")
     if not name:
         return []
     return [bootstrap_admin(name, password, server_name)]
@@ -89,6 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         except debconf.DebconfError as error:  # not registered: matrix-synapse-py3 differs
             print(f"{PROGRAM}: matrix-synapse/server-name not set: {error}", file=sys.stderr)
 
+    return run_configure(session, set_synapse_answer)
+
+
+def run_configure(
+    session: answers.DebconfLike, set_synapse_answer: Callable[[str], None] | None = None
+) -> int:
+    """Apply the answers, create the administrator, report on stderr; return the exit code.
+
+    The passwords answered are forgotten by debconf however this ends: success, our error,
+    a bug or an interrupt (debconf's database would keep them in clear text otherwise).
+    """
     try:
         for line in configure(session, set_synapse_answer=set_synapse_answer):
             print(f"{PROGRAM}: {line}", file=sys.stderr)
@@ -100,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in postinst_lines():  # never raises: Element is fetched best-effort
             print(f"{PROGRAM}: {line}", file=sys.stderr)
     except MatrixStackError as error:
-        session.set("matrix-stack/admin-password", "")
-        session.set(answers.DATABASE_PASSWORD_QUESTION, "")
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 1
+    finally:
+        session.set(ADMIN_PASSWORD_QUESTION, "")
+        session.set(answers.DATABASE_PASSWORD_QUESTION, "")
     return 0
 
 

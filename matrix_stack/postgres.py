@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,41 +136,199 @@ def database_is_empty(runner: Runner = psql_as_postgres) -> bool:
     return count == "0"
 
 
-def live_engine(root: Path = Path("/")) -> str | None:
-    """Return the database engine named in our live Synapse file, or None if it names none."""
+def live_database(root: Path = Path("/")) -> dict[str, Any]:
+    """Return the database block of our live Synapse file, empty if it has none."""
     try:
         text = files.host_path(SYNAPSE_CONF_PATH, root).read_text(encoding="utf-8")
         config = yaml.safe_load(text)
     except (OSError, yaml.YAMLError):
-        return None
+        return {}
     block = config.get("database") if isinstance(config, dict) else None
-    name = block.get("name") if isinstance(block, dict) else None
+    return block if isinstance(block, dict) else {}
+
+
+def live_engine(root: Path = Path("/")) -> str | None:
+    """Return the database engine named in our live Synapse file, or None if it names none."""
+    name = live_database(root).get("name")
     return str(name) if name else None
 
 
-def check_switch(settings: Settings, root: Path = Path("/")) -> None:
-    """Refuse moving a Synapse that has SQLite data onto an empty PostgreSQL database."""
-    if settings.database is not DatabaseMode.POSTGRESQL or live_engine(root) == "psycopg2":
+def describe(settings: Settings) -> str:
+    """Return the PostgreSQL database that settings name, as messages show it."""
+    if not settings.remote_database:
+        return f"PostgreSQL database {DATABASE}"
+    return (f"PostgreSQL database {settings.database_name} on "
+            f"{settings.database_host}:{settings.database_port}")
+
+
+def describe_block(block: dict[str, Any]) -> tuple[str, bool]:
+    """Return the PostgreSQL database a psycopg2 block of Synapse's names, as messages show it,
+    and whether it is this host's (reached by its socket)."""
+    arguments = block.get("args")
+    arguments = arguments if isinstance(arguments, dict) else {}
+    name = arguments.get("database") or arguments.get("dbname") or DATABASE
+    host = str(arguments.get("host") or "")
+    if not host or host.startswith("/"):
+        return f"PostgreSQL database {name}", name == DATABASE
+    return f"PostgreSQL database {name} on {host}:{arguments.get('port') or 5432}", False
+
+
+SCHEMA_SQL = (
+    "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' "
+    "AND table_name IN ('users', 'rooms', 'events')"
+)
+HOLDS_DATA_SQL = (
+    "SELECT (EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms) "
+    "OR EXISTS (SELECT 1 FROM events))::int"
+)
+
+
+def postgresql_holds_data(settings: Settings, runner: Runner = psql_as_postgres) -> bool:
+    """Return whether Synapse's PostgreSQL database (settings') has any user, room or event.
+
+    Missing database or schema: no data. Raise CommandError or MatrixStackError when the
+    server cannot be asked.
+    """
+    if settings.remote_database:
+        def ask(sql: str) -> str:
+            return remote_query(settings, sql)[0][0]
+    else:
+        if not database_exists(DATABASE, runner):
+            return False
+
+        def ask(sql: str) -> str:
+            return query(sql, runner, DATABASE)
+    return ask(SCHEMA_SQL) != "0" and ask(HOLDS_DATA_SQL) != "0"
+
+
+def check_back_to_sqlite(settings: Settings, root: Path, runner: Runner) -> None:
+    """Refuse SQLite while the live Synapse uses a PostgreSQL database that may hold data.
+
+    synapse_port_db copies only from SQLite, so SQLite would start from an empty (or an old,
+    stale) database. A remote database is never asked: it counts as holding data.
+    """
+    block = live_database(root)
+    if block.get("name") != "psycopg2":
         return
+    where, local = describe_block(block)
+    if local:  # cheap to ask
+        try:
+            if not postgresql_holds_data(settings, runner):
+                return
+        except MatrixStackError:
+            pass  # what cannot be checked counts as data
+    raise MatrixStackError(
+        f"database: Synapse's data is in {where}; matrix-stack has no way back to SQLite "
+        "(Synapse's synapse_port_db copies only from SQLite to PostgreSQL): keep database: "
+        "postgresql"
+    )
+
+
+def check_switch(
+    settings: Settings, root: Path = Path("/"), runner: Runner = psql_as_postgres
+) -> Path | None:
+    """Refuse a switch of database engine that would lose or hide Synapse's data.
+
+    Return the SQLite database to set aside when it holds no users, rooms or events: the one
+    Synapse creates on its first start, before matrix-stack is configured (matrix-synapse-py3's
+    postinst starts it on SQLite).
+    """
+    if settings.database is DatabaseMode.SQLITE:
+        check_back_to_sqlite(settings, root, runner)
+        return None
+    if live_engine(root) == "psycopg2":
+        return None
     sqlite = synapse_has_database(root)
-    if sqlite is not None:
-        raise MatrixStackError(
-            f"database: Synapse's data is in {sqlite}; switching to postgresql would start "
-            f"from an empty database: {MIGRATE_HINT}"
-        )
+    if sqlite is None:
+        return None
+    if not sqlite_holds_data(files.host_path(sqlite, root)):
+        return files.host_path(sqlite, root)
+    raise MatrixStackError(
+        f"database: Synapse's data is in {sqlite}; switching to postgresql would start "
+        f"from an empty database: {MIGRATE_HINT}"
+    )
+
+
+# Run as Synapse's user, so that any -shm file SQLite makes beside a live database is
+# Synapse's. Prints how many of the tables holding data have at least one row.
+SQLITE_PROBE = """
+import sqlite3, sys
+connection = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+print(sum(connection.execute("SELECT EXISTS (SELECT 1 FROM %s)" % table).fetchone()[0]
+          for table in sys.argv[2:]))
+"""
+DATA_TABLES = ("users", "rooms", "events")
+
+
+def sqlite_holds_data(path: Path) -> bool:
+    """Return whether Synapse's SQLite database has any user, room or event.
+
+    Read as the file's owner (Synapse's user), so that whatever SQLite writes beside it stays
+    Synapse's. Anything unreadable (no schema yet, not a database) counts as data: never set
+    aside what could not be checked.
+    """
+    try:
+        owner = path.lstat().st_uid
+        user = None if owner == os.geteuid() else pwd.getpwuid(owner).pw_name
+        output = run(
+            [sys.executable, "-c", SQLITE_PROBE, str(path), *DATA_TABLES],
+            user=user, timeout=60,
+        ).stdout
+        return int(output.strip()) != 0
+    except (CommandError, OSError, KeyError, ValueError):
+        return True
+
+
+def stop_synapse() -> None:
+    from matrix_stack.services import synapse_unit
+
+    synapse_unit("stop")
+
+
+def set_aside(database: Path, suffix: str, stamp: str | None = None) -> Path:
+    """Rename a SQLite database (and its -wal, -shm, -journal) to NAME.SUFFIX-STAMP beside it.
+
+    rename() moves a planted link itself, never what it points to; nothing is deleted, and
+    nothing is renamed over: return the new name of the database.
+    """
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = database.with_name(f"{database.name}.{suffix}-{stamp}")
+    moves = [
+        (database.with_name(database.name + end), kept.with_name(kept.name + end))
+        for end in ("", "-wal", "-shm", "-journal")
+        if os.path.lexists(database.with_name(database.name + end))
+    ]
+    for _source, target in moves:
+        if os.path.lexists(target):
+            raise MatrixStackError(f"{target} exists already: move it away and try again")
+    for source, target in moves:
+        os.rename(source, target)
+    return kept
 
 
 def prepare(
-    settings: Settings, root: Path = Path("/"), runner: Runner = psql_as_postgres
+    settings: Settings,
+    root: Path = Path("/"),
+    runner: Runner = psql_as_postgres,
+    stop: Callable[[], None] = stop_synapse,
 ) -> list[str]:
     """Check the switch is safe and PostgreSQL runs, then ensure the role and the database."""
+    unused = check_switch(settings, root, runner)
     if settings.database is not DatabaseMode.POSTGRESQL:
         return []
-    check_switch(settings, root)
     if settings.remote_database:
-        return [check_remote(settings)]
-    check_server(runner)
-    return ensure_database(runner)
+        done = [check_remote(settings)]
+    else:
+        check_server(runner)
+        done = ensure_database(runner)
+    if unused is not None:
+        stop()
+        kept = set_aside(unused, "unused")
+        done.append(
+            f"set aside Synapse's unused SQLite database (no users, rooms or events; made when "
+            f"Synapse first started) as {kept}: PostgreSQL starts empty; nothing was deleted"
+        )
+    return done
 
 
 def synapse_database_block(settings: Settings) -> dict[str, Any]:

@@ -102,8 +102,32 @@ def render_element_config(settings: Settings, country_code: str = "") -> str:
         "brand": "Element",
         "default_theme": "light",
         "room_directory": {"servers": [settings.server_name]},
+        # Element's defaults send group calls and widgets to third parties (docs/config.md,
+        # src/SdkConfig.ts). 1:1 calls stay on: they go peer to peer or through our coturn.
+        # An empty preferred_domain falls back to meet.element.io (src/widgets/Jitsi.ts), so a
+        # Jitsi conference started anyway is pointed at this server, where none runs.
+        "jitsi": {"preferred_domain": settings.server_name},
+        # Element Call (group calls, video rooms) defaults to call.element.io; forced off here
+        # (config.json outranks the user's labs choice), so element_call.url is never used.
+        "features": {
+            "feature_group_calls": False,
+            "feature_video_rooms": False,
+            "feature_element_call_video_rooms": False,
+        },
+        "show_labs_settings": False,
+        # null, not absent: the default integration manager is scalar.vector.im.
+        "integrations_ui_url": None,
+        "integrations_rest_url": None,
+        "integrations_widgets_urls": None,
+        # No bug_report_endpoint_url, map_style_url, posthog or sentry: absent, Element sends
+        # no rageshakes or analytics and loads no map tiles (its sample config has maptiler).
         "setting_defaults": {
-            "UIFeature.registration": settings.registration is not RegistrationMode.DISABLED
+            "UIFeature.registration": settings.registration is not RegistrationMode.DISABLED,
+            # Widgets are third-party pages; off, Element also hides the call buttons in rooms
+            # of more than two (Jitsi, Element Call) and keeps 1:1 calls (useRoomCall.tsx).
+            "UIFeature.widgets": False,
+            # No tile server here: sharing a location could only show an error.
+            "UIFeature.locationSharing": False,
         },
     }
     if country_code:  # else Element's own default (GB)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from matrix_stack import answers, backup, postgres, services
 from matrix_stack.apply import apply
-from matrix_stack.backup_archive import Manifest, verify
+from matrix_stack.backup_archive import Manifest, files_member, verify
 from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
+from matrix_stack.db_migrate import POSTGRESQL_DATA_DIR
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import lookup_ids
 from matrix_stack.restore_stage import ConfigFile, Staged, archived_stack, stage
@@ -124,6 +125,35 @@ def check_paths(manifest: Manifest, archive: Path) -> None:
             )
 
 
+def staging_needs(manifest: Manifest, keep: Path) -> dict[Path, int]:
+    """Return the bytes the archive's data takes in each directory it is unpacked into."""
+    media = Path(manifest.media_path)
+    prefix = files_member(media) + "/"
+    needs = {media.parent: sum(int(entry["size"]) for name, entry in manifest.members.items()
+                               if name.startswith(prefix))}
+    database = int(manifest.members.get(manifest.database_member, {}).get("size", 0))
+    unpacked = max(manifest.database_bytes, database)
+    if manifest.engine == "sqlite":
+        directory = Path(manifest.sqlite_path).parent
+        needs[directory] = needs.get(directory, 0) + unpacked
+    else:
+        needs[keep] = database  # the dump, until pg_restore has read it
+        needs[POSTGRESQL_DATA_DIR] = unpacked
+    return needs
+
+
+def check_staging_space(manifest: Manifest, keep: Path) -> None:
+    """Refuse, before anything is copied, unless each filesystem unpacked onto has room."""
+    filesystems: dict[int, tuple[Path, int]] = {}
+    for directory, size in staging_needs(manifest, keep).items():
+        existing = next(path for path in (directory, *directory.parents) if path.exists())
+        device = existing.stat().st_dev
+        where, total = filesystems.get(device, (existing, 0))
+        filesystems[device] = (where, total + size)
+    for where, total in filesystems.values():
+        backup.check_free_space(where, total + 2**20)
+
+
 def check_engine(settings: Settings, manifest: Manifest) -> None:
     """Refuse an archive whose stack.yaml and database copy disagree on the engine."""
     engine = "postgresql" if settings.database is DatabaseMode.POSTGRESQL else "sqlite"
@@ -149,11 +179,12 @@ def restore(
             f"{archive} is a backup of {manifest.server_name}, this server is {current_name}: "
             f"restore it on a matrix-stack installed with server name {manifest.server_name}"
         )
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    keep = KEEP_ROOT / f"restore-{stamp}"
+    check_staging_space(manifest, keep)
     if manifest.engine == "postgresql":
         postgres.check_server()
         postgres.ensure_role()
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    keep = KEEP_ROOT / f"restore-{stamp}"
     keep.mkdir(mode=0o700, parents=True)
     progress("unpacking the archive beside the live data (Synapse still runs)")
     staged: Staged | None = None

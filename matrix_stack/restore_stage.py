@@ -7,6 +7,7 @@ until restore.py swaps everything in.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -29,7 +30,7 @@ from matrix_stack.backup_archive import (
 )
 from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.files import lookup_ids
+from matrix_stack.files import create_exclusive, lookup_ids
 
 # Files of /etc/matrix-synapse that matrix-synapse's own package writes (conffiles, or
 # rewritten by its postinst): kept as installed, their archived copies only compared.
@@ -83,21 +84,87 @@ def owner_of(member: tarfile.TarInfo) -> tuple[str, str]:
     return owner, group
 
 
-def write_owned(path: Path, stream: IO[bytes], member: tarfile.TarInfo) -> None:
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class MediaStage:
+    """The media store's stage: a directory beside it, root's with mode 0700 until handed over.
+
+    The media store's parent belongs to matrix-synapse, which could swap a link in for any
+    path root goes through there; so everything is done through descriptors, below the
+    stage's own, never by path. Inside the stage the account can reach nothing, so what is
+    made there gets its archived owner and mode at once; the stage itself gets its own last.
+    """
+
+    def __init__(self, media: Path) -> None:
+        media.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(dir=media.parent, prefix=f".{media.name}.restore-"))
+        self.descriptor = os.open(self.path, DIRECTORY_FLAGS)
+        if os.fstat(self.descriptor).st_uid != os.geteuid():
+            os.close(self.descriptor)
+            raise MatrixStackError(f"{self.path} was replaced as it was made: restore refused")
+        os.fchmod(self.descriptor, 0o700)
+        self.top: tarfile.TarInfo | None = None
+
+    def add(self, relative: str, member: tarfile.TarInfo, stream: IO[bytes] | None) -> None:
+        """Make the directory or file member at relative (a path below the media store)."""
+        if not member.isdir() and stream is None:
+            return
+        parts = [] if relative == "." else relative.split(os.sep)
+        if not parts:
+            if stream is not None:
+                raise MatrixStackError("the archive holds the media store as a file")
+            self.top = member
+            return
+        parent = os.dup(self.descriptor)
+        try:
+            for part in parts[:-1]:
+                child = open_directory(parent, part)
+                os.close(parent)
+                parent = child
+            if stream is not None:
+                write_owned(parent, parts[-1], stream, member)
+                return
+            directory = open_directory(parent, parts[-1])
+            try:
+                set_owner_mode(directory, member)
+            finally:
+                os.close(directory)
+        finally:
+            os.close(parent)
+
+    def hand_over(self) -> None:
+        """Give the stage its archived owner and mode: from now on Synapse's account may act."""
+        if self.top is not None:
+            set_owner_mode(self.descriptor, self.top)
+
+    def close(self) -> None:
+        os.close(self.descriptor)
+
+
+def open_directory(parent: int, name: str) -> int:
+    """Open the directory name below parent, made if missing, never through a link.
+
+    Only for the inside of a MediaStage, where nobody else can make or swap an entry.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o777, dir_fd=parent)
+    return os.open(name, DIRECTORY_FLAGS, dir_fd=parent)
+
+
+def set_owner_mode(descriptor: int, member: tarfile.TarInfo) -> None:
     owner, group = owner_of(member)
-    uid, gid = lookup_ids(owner, group)
-    with path.open("xb") as target:
-        os.fchown(target.fileno(), uid, gid)
-        os.fchmod(target.fileno(), member.mode & 0o7777)
+    os.fchown(descriptor, *lookup_ids(owner, group))
+    os.fchmod(descriptor, member.mode & 0o7777)
+
+
+def write_owned(parent: int, name: str, stream: IO[bytes], member: tarfile.TarInfo) -> None:
+    uid, gid = lookup_ids(*owner_of(member))
+    with os.fdopen(create_exclusive(name, uid, gid, member.mode & 0o7777, dir_fd=parent),
+                   "wb") as target:
         shutil.copyfileobj(stream, target, 1 << 20)
-    os.utime(path, (member.mtime, member.mtime))
-
-
-def make_directory(path: Path, member: tarfile.TarInfo) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    owner, group = owner_of(member)
-    os.chown(path, *lookup_ids(owner, group))
-    os.chmod(path, member.mode & 0o7777)
+        target.flush()
+        os.utime(target.fileno(), (member.mtime, member.mtime))
 
 
 def stage(archive: Path, manifest: Manifest, stamp: str, keep: Path) -> Staged:
@@ -105,6 +172,7 @@ def stage(archive: Path, manifest: Manifest, stamp: str, keep: Path) -> Staged:
     staged = Staged()
     media = Path(manifest.media_path)
     media_prefix = FILES_PREFIX + str(media).lstrip("/") + "/"
+    media_stage: MediaStage | None = None
     try:
         with open_archive(archive) as tar:
             for member in tar:
@@ -114,16 +182,11 @@ def stage(archive: Path, manifest: Manifest, stamp: str, keep: Path) -> Staged:
                 if name == manifest.database_member and stream is not None:
                     stage_database(stream, manifest, stamp, keep, staged)
                 elif (name + "/").startswith(media_prefix):
-                    if staged.media is None:
-                        media.parent.mkdir(parents=True, exist_ok=True)
-                        staged.media = Path(tempfile.mkdtemp(
-                            dir=media.parent, prefix=f".{media.name}.restore-"))
-                    target = staged.media / os.path.relpath(member_path(name), media)
-                    if member.isdir():
-                        make_directory(target, member)
-                    elif stream is not None:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        write_owned(target, stream, member)
+                    if media_stage is None:
+                        media_stage = MediaStage(media)
+                        staged.media = media_stage.path
+                    relative = os.path.relpath(member_path(name), media)
+                    media_stage.add(relative, member, stream)
                 elif name.startswith(FILES_PREFIX) and stream is not None:
                     path = member_path(name)
                     data = stream.read()
@@ -136,9 +199,14 @@ def stage(archive: Path, manifest: Manifest, stamp: str, keep: Path) -> Staged:
                         and (not path.exists() or path.read_bytes() != data)
                     ):
                         staged.differing.append(path)
+        if media_stage is not None:
+            media_stage.hand_over()
     except BaseException:
         staged.discard()
         raise
+    finally:
+        if media_stage is not None:
+            media_stage.close()
     return staged
 
 
@@ -150,9 +218,9 @@ def stage_database(
         live.parent.mkdir(parents=True, exist_ok=True)
         staged.sqlite = live.with_name(f".{live.name}.restore-{stamp}")
         uid, gid = lookup_ids("matrix-synapse", "root")
-        with gzip.open(stream) as unpacked, staged.sqlite.open("xb") as target:
-            os.fchown(target.fileno(), uid, gid)
-            os.fchmod(target.fileno(), 0o600)
+        with gzip.open(stream) as unpacked, os.fdopen(
+            create_exclusive(staged.sqlite, uid, gid, 0o600), "wb"
+        ) as target:
             shutil.copyfileobj(unpacked, target, 1 << 20)
         staged.counts = count_sqlite(staged.sqlite, copy=True)
         return

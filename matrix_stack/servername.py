@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from matrix_stack import postgres
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import FileSpec, host_path, write_atomic
 from matrix_stack.host import synapse_has_database
@@ -27,24 +28,47 @@ def synapse_server_name(root: Path = Path("/")) -> str | None:
     return None
 
 
+def database_in_use(
+    settings: Settings, name: str, root: Path, runner: postgres.Runner
+) -> str | None:
+    """Return the database Synapse uses if it holds data (of server name), else None.
+
+    The live engine decides: on PostgreSQL an old SQLite file left beside is not Synapse's.
+    """
+    if postgres.live_engine(root) != "psycopg2":
+        sqlite = synapse_has_database(root)
+        return None if sqlite is None else str(sqlite)
+    database = postgres.describe(settings)
+    try:
+        holds_data = postgres.postgresql_holds_data(settings, runner)
+    except MatrixStackError as error:
+        raise MatrixStackError(
+            f"cannot tell whether {database} holds users and rooms of {name} ({error}): "
+            "start PostgreSQL and try again"
+        ) from None
+    return database if holds_data else None
+
+
 def ensure_server_name(
     settings: Settings,
     root: Path = Path("/"),
     set_synapse_answer: Callable[[str], None] | None = None,
+    runner: postgres.Runner = postgres.psql_as_postgres,
 ) -> bool:
     """Make Synapse use settings.server_name; return whether server_name.yaml was written.
 
-    When Synapse already has a database the name is part of every user and room ID and of
-    its signing key's identity, so a different name is refused. matrix-synapse's postinst
-    leaves server_name.yaml out when its question was never answered (a noninteractive
-    install); then it is written here exactly as that postinst would, after setting
-    matrix-synapse/server-name so that its next run writes the same line.
+    When Synapse's database (SQLite or PostgreSQL, whichever it uses) already holds data the
+    name is part of every user and room ID and of its signing key's identity, so a different
+    name is refused. matrix-synapse's postinst leaves server_name.yaml out when its question
+    was never answered (a noninteractive install); then it is written here exactly as that
+    postinst would, after setting matrix-synapse/server-name so that its next run writes the
+    same line.
     """
     current = synapse_server_name(root)
     if current == settings.server_name:
         return False
-    database = synapse_has_database(root)
-    if current is not None and database is not None:
+    database = None if current is None else database_in_use(settings, current, root, runner)
+    if database is not None:
         raise MatrixStackError(
             f"the server name cannot change from {current} to {settings.server_name}: Synapse's "
             f"database {database} holds users and rooms of {current}; keep {current}, or "

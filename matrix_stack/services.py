@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from matrix_stack.errors import CommandError, MatrixStackError, ValidationError
-from matrix_stack.files import host_path, lookup_ids
+from matrix_stack.files import create_exclusive, host_path, lookup_ids
 from matrix_stack.run import last_line, run
 from matrix_stack.settings import Settings, TlsMode
 
@@ -62,14 +61,13 @@ def validate_synapse(candidate: str, candidate_name: str) -> None:
     python = synapse_python()
     uid, gid = lookup_ids(SYNAPSE_USER, "root")
     with tempfile.TemporaryDirectory(prefix="matrix-stack-check-") as stage:
-        os.chown(stage, uid, gid)
-        for existing in sorted(SYNAPSE_CONF_DIR.glob("*.yaml")):
-            if existing.name != candidate_name:
-                shutil.copyfile(existing, Path(stage) / existing.name)
-        (Path(stage) / candidate_name).write_text(candidate, encoding="utf-8")
-        for staged in Path(stage).iterdir():
-            os.chown(staged, uid, gid)
-            staged.chmod(0o600)
+        # Filled while root's (mode 0700), given to Synapse's account last: once it owns the
+        # directory it could plant links there, and root must do nothing more in it by path.
+        for name, data in read_root_conf_dir(SYNAPSE_CONF_DIR).items():
+            if name != candidate_name:
+                _write_staged(Path(stage) / name, data, uid, gid)
+        _write_staged(Path(stage) / candidate_name, candidate.encode("utf-8"), uid, gid)
+        os.chown(stage, uid, gid, follow_symlinks=False)
         result = run(
             [
                 str(python), "-c", _SYNAPSE_CHECK,
@@ -84,6 +82,44 @@ def validate_synapse(candidate: str, candidate_name: str) -> None:
         raise ValidationError(
             f"Synapse refuses the new configuration: {last_line(result.stderr or result.stdout)}"
         )
+
+
+def read_root_conf_dir(directory: Path) -> dict[str, bytes]:
+    """Return each *.yaml file of a directory root alone can write, by name.
+
+    matrix-synapse-py3 gives /etc/matrix-synapse itself to Synapse's account, which could
+    swap conf.d for a directory of its own with links to root's files: those would then be
+    copied where it reads. So conf.d is opened without following a link and must be root's;
+    what root put in it (links included) is read through that descriptor.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(directory, flags)
+    except OSError as error:
+        raise MatrixStackError(
+            f"cannot read {directory}: {error.strerror} (it must be a directory, not a link)"
+        ) from None
+    try:
+        status = os.fstat(descriptor)
+        if status.st_uid != 0 or status.st_mode & 0o022:
+            raise MatrixStackError(
+                f"{directory} must belong to root and be writable by root alone (it is uid "
+                f"{status.st_uid}, mode {status.st_mode & 0o7777:o}): fix it with "
+                f"chown root: {directory} && chmod 755 {directory}"
+            )
+        contents = {}
+        for name in sorted(os.listdir(descriptor)):
+            if name.endswith(".yaml"):
+                with open(name, "rb", opener=lambda n, f: os.open(n, f, dir_fd=descriptor)) as file:
+                    contents[name] = file.read()
+        return contents
+    finally:
+        os.close(descriptor)
+
+
+def _write_staged(path: Path, data: bytes, uid: int, gid: int) -> None:
+    with os.fdopen(create_exclusive(path, uid, gid, 0o600), "wb") as stream:
+        stream.write(data)
 
 
 def apache_modules(settings: Settings) -> tuple[str, ...]:
@@ -211,11 +247,15 @@ def restart(units: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 def switch_unit(unit: str, on: bool, *, check: bool) -> None:
-    """Enable and start a unit, or stop and disable it: through deb-systemd-helper and
-    deb-systemd-invoke in a maintainer script (so purge and policy-rc.d know), else systemctl
-    (whose failure raises when check)."""
+    """Enable and start a unit, or stop and disable it; in a maintainer script, start and stop
+    go through deb-systemd-invoke (policy-rc.d), else systemctl (whose failure raises when
+    check).
+
+    The unit is another package's (coturn's): deb-systemd-helper keeps that package's own
+    enable state and, once a unit was disabled, never enables it again, so systemctl enable.
+    """
     if in_maintainer_script():
-        run(["deb-systemd-helper", "enable" if on else "disable", unit], check=False)
+        run(["systemctl", "enable" if on else "disable", unit], check=False, timeout=180)
         run(["deb-systemd-invoke", "start" if on else "stop", unit], check=False, timeout=180)
     else:
         run(["systemctl", "enable" if on else "disable", "--now", unit], check=check,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import secrets as random_source
 import urllib.error
@@ -16,6 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,15 @@ def parse_user(name: str, server_name: str) -> UserId:
     return UserId(localpart.lower(), server_name)
 
 
+def direct_opener(*handlers: urllib.request.BaseHandler) -> urllib.request.OpenerDirector:
+    """Return an opener that never uses a proxy, whatever http_proxy and the like say.
+
+    urlopen honours those variables, and no_proxy rarely names 127.0.0.1:8008: the admin
+    token and passwords sent to Synapse would go to the proxy.
+    """
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), *handlers)
+
+
 def registration_mac(
     shared_secret: str, nonce: str, username: str, password: str, admin: bool
 ) -> str:
@@ -100,6 +111,7 @@ class Synapse:
         self.token = token
         self.timeout = timeout
         self.renew_token = renew_token
+        self.opener = direct_opener()
 
     def request(
         self,
@@ -124,32 +136,55 @@ class Synapse:
 
     def _send(
         self, method: str, path: str, body: Mapping[str, Any] | None, authenticated: bool
-    ) -> Any:
+    ) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
         if authenticated and self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
+        shown = path.split("?")[0]
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"{}")
+            with self.opener.open(request, timeout=self.timeout) as response:
+                return self._json(method, shown, response.status, response.headers,
+                                  response.read())
         except urllib.error.HTTPError as error:
             try:
-                detail = json.loads(error.read() or b"{}")
-            except ValueError:
-                detail = {}
+                answer = error.read()
+            except (OSError, http.client.HTTPException):
+                answer = b""
+            finally:
+                error.close()
+            detail = self._json(method, shown, error.code, error.headers, answer)
             raise SynapseError(
                 error.code,
                 str(detail.get("errcode", "")),
-                f"Synapse refused {method} {path.split('?')[0]}: "
+                f"Synapse refused {method} {shown}: "
                 f"{detail.get('error', error.reason)} ({error.code})",
             ) from None
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            # One line: http.client's BadStatusLine quotes what a non-HTTP program sent.
+            reason = " ".join(str(getattr(error, "reason", None) or error).split())
             raise MatrixStackError(
                 f"Synapse does not answer on {self.base_url} ({reason}); is it running? "
                 "see: systemctl status matrix-synapse"
             ) from None
+
+    def _json(
+        self, method: str, shown: str, status: int, headers: Message, data: bytes
+    ) -> dict[str, Any]:
+        """Return an answer's JSON object; anything else is not Synapse speaking."""
+        try:
+            document = json.loads(data)
+        except ValueError:  # UnicodeDecodeError too
+            document = None
+        if isinstance(document, dict):
+            return document
+        kind = headers.get_content_type() if data else "empty"
+        raise MatrixStackError(
+            f"Synapse's answer to {method} {shown} is no JSON object (HTTP {status}, {kind}): "
+            f"is another program listening on {self.base_url}? "
+            "see: systemctl status matrix-synapse"
+        )
 
     def answers(self) -> bool:
         """Return whether Synapse answers its client API at all."""
@@ -241,7 +276,7 @@ def read_root_secret(path: Path, root: Path = Path("/")) -> str:
     try:
         return host_path(path, root).read_text(encoding="utf-8").strip()
     except PermissionError:
-        raise MatrixStackError("this needs root: run it with sudo") from None
+        raise MatrixStackError("this needs root: run it as root") from None
     except FileNotFoundError:
         raise MatrixStackError(
             f"{path} is missing; run: dpkg-reconfigure matrix-stack"

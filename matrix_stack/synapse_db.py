@@ -2,8 +2,9 @@
 
 This mirrors what Synapse's SetPasswordHandler does through its storage layer: set
 ``users.password_hash``, then ``user_delete_access_tokens`` (access tokens, then refresh
-tokens) in one transaction. Devices and end-to-end keys stay: deleting them here would skip
-the device-list updates Synapse sends to other servers when it deletes a device itself.
+tokens), then remove the pushers of those sessions (``remove_pushers_by_access_tokens``), in
+one transaction. Devices and end-to-end keys stay: deleting them here would skip the
+device-list updates Synapse sends to other servers when it deletes a device itself.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SYNAPSE_WORKING_DIRECTORY = Path("/var/lib/matrix-synapse")
 DEFAULT_SQLITE_PATH = SYNAPSE_WORKING_DIRECTORY / "homeserver.db"
 # Seconds to wait for a lock held by another connection (SQLite's busy timeout).
 SQLITE_TIMEOUT = 10.0
+_COUNT_LIMIT = 1 << 32
 
 
 class Engine(enum.StrEnum):
@@ -41,19 +43,44 @@ class ResetStatements:
     update_password: str
     delete_access_tokens: str
     delete_refresh_tokens: str
+    delete_pushers: str
+
+
+@dataclass(frozen=True)
+class ResetCounts:
+    """What an offline reset ended: access tokens (sessions) and pushers deleted."""
+
+    access_tokens: int
+    pushers: int
+
+    # call_as_user brings one int back from its child process: both counts travel in it.
+    def as_int(self) -> int:
+        return self.access_tokens * _COUNT_LIMIT + self.pushers
+
+    @classmethod
+    def from_int(cls, number: int) -> ResetCounts:
+        access_tokens, pushers = divmod(number, _COUNT_LIMIT)
+        return cls(access_tokens, pushers)
 
 
 # Access tokens go first: access_tokens.refresh_token_id cascades from refresh_tokens, and
-# Synapse deletes in this order too (storage/databases/main/registration.py).
+# Synapse deletes in this order too (storage/databases/main/registration.py). A pusher made
+# through a session keeps pushing to its phone until removed (pushers.access_token holds an
+# access_tokens.id): once every token of the user is gone, every such pusher goes, including
+# those of tokens refreshed away earlier, whose devices Synapse's own reset deletes. Pushers
+# made without a session (email notifications) stay, as in Synapse. deleted_pushers, the
+# replication stream of those deletions, is left alone: Synapse starts from the pushers table.
 SQLITE_RESET = ResetStatements(
     update_password="UPDATE users SET password_hash = ? WHERE name = ?",
     delete_access_tokens="DELETE FROM access_tokens WHERE user_id = ?",
     delete_refresh_tokens="DELETE FROM refresh_tokens WHERE user_id = ?",
+    delete_pushers="DELETE FROM pushers WHERE user_name = ? AND access_token IS NOT NULL",
 )
 POSTGRESQL_RESET = ResetStatements(
     update_password="UPDATE users SET password_hash = %s WHERE name = %s",
     delete_access_tokens="DELETE FROM access_tokens WHERE user_id = %s",
     delete_refresh_tokens="DELETE FROM refresh_tokens WHERE user_id = %s",
+    delete_pushers="DELETE FROM pushers WHERE user_name = %s AND access_token IS NOT NULL",
 )
 RESET_STATEMENTS: Mapping[Engine, ResetStatements] = MappingProxyType(
     {Engine.SQLITE: SQLITE_RESET, Engine.POSTGRESQL: POSTGRESQL_RESET}
@@ -137,20 +164,21 @@ def parse_database(config: Mapping[str, Any]) -> Database:
 
 def reset_in_transaction(
     cursor: Cursor, statements: ResetStatements, user_id: str, password_hash: str
-) -> int:
-    """Run the reset statements on cursor; return how many access tokens were deleted."""
+) -> ResetCounts:
+    """Run the reset statements on cursor; return how many tokens and pushers were deleted."""
     cursor.execute(statements.update_password, (password_hash, user_id))
     if cursor.rowcount == 0:
         raise MatrixStackError(f"no user {user_id} on this server")
     cursor.execute(statements.delete_access_tokens, (user_id,))
-    deleted = cursor.rowcount
+    access_tokens = cursor.rowcount
     cursor.execute(statements.delete_refresh_tokens, (user_id,))
-    return deleted
+    cursor.execute(statements.delete_pushers, (user_id,))
+    return ResetCounts(access_tokens, cursor.rowcount)
 
 
 def reset_password_sqlite(
     path: Path, shown: Path, user_id: str, password_hash: str, *, timeout: float = SQLITE_TIMEOUT
-) -> int:
+) -> ResetCounts:
     """Reset a password in the SQLite file at path (named shown in messages)."""
     # mode=rw: a wrong path fails instead of creating an empty database. The file's journal
     # mode is kept (Synapse's is WAL), and foreign keys are on, as Synapse has them.
@@ -186,7 +214,7 @@ def reset_password_sqlite(
 
 def reset_password_postgresql(
     connect_args: Mapping[str, Any], user_id: str, password_hash: str
-) -> int:
+) -> ResetCounts:
     """Reset a password in Synapse's PostgreSQL database through psycopg2."""
     try:
         psycopg2 = importlib.import_module("psycopg2")
@@ -226,8 +254,8 @@ def first_line(error: BaseException) -> str:
 
 def reset_password_offline(
     config: Mapping[str, Any], user_id: str, password_hash: str, root: Path = Path("/")
-) -> int:
-    """Set user_id's password hash and log out its sessions; return the access tokens deleted."""
+) -> ResetCounts:
+    """Set user_id's password hash, end its sessions and their pushers; return the counts."""
     database = parse_database(config)
     if database.sqlite_path is not None:
         path = database.sqlite_path
@@ -235,8 +263,10 @@ def reset_password_offline(
     user = peer_user(dict(database.connect_args))
     if user is not None:
         # Peer authentication admits only the unix user named like the role (matrix-synapse).
-        return call_as_user(
+        return ResetCounts.from_int(call_as_user(
             user,
-            lambda: reset_password_postgresql(database.connect_args, user_id, password_hash),
-        )
+            lambda: reset_password_postgresql(
+                database.connect_args, user_id, password_hash
+            ).as_int(),
+        ))
     return reset_password_postgresql(database.connect_args, user_id, password_hash)

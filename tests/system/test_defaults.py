@@ -1,5 +1,5 @@
-"""One booted Debian sid: install on defaults, check from outside, apply, reconfigure,
-upgrade, purge.
+"""One booted target (Debian 13 + matrix-synapse-py3, or sid): install on defaults, check
+from outside, apply, reconfigure, upgrade, purge.
 
 The tests share one container and run in file order (each leaves the stack as it found it,
 except the last ones, upgrade then purge).
@@ -17,9 +17,9 @@ import pytest
 
 from tests.system import stack
 from tests.system.stack import SERVER, https, install, set_stack_value, unit_runs
-from tests.system.testbed import Container, http_request, wait_for
+from tests.system.testbed import Container, Target, http_request, wait_for
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.every_target]
 
 ELEMENT = f"element.{SERVER}"
 GENERATED = {
@@ -37,9 +37,9 @@ SERVICES = ("matrix-synapse", "coturn", "apache2")
 
 
 def file_list(container: Container) -> set[str]:
-    result = container.run(
-        ["find", "/etc", "/usr", "/var/lib", "/opt", "-xdev", "-not", "-type", "d"]
-    )
+    # /opt exists only while matrix-synapse-py3 is installed (its virtualenv).
+    roots = [path for path in ("/etc", "/usr", "/var/lib", "/opt") if container.path(path).exists()]
+    result = container.run(["find", *roots, "-xdev", "-not", "-type", "d"])
     return set(result.stdout.split())
 
 
@@ -158,6 +158,17 @@ def test_coturn_runs_on_the_rendered_config_through_the_drop_in(ct: Container) -
 @pytest.mark.parametrize("path", sorted(GENERATED))
 def test_generated_paths_have_documented_owner_and_mode(ct: Container, path: str) -> None:
     assert stack.stat(ct, path) == GENERATED[path]
+
+
+def test_synapse_package_files_are_untouched_and_its_code_is_not_copied(
+    ct: Container, target: Target
+) -> None:
+    # dpkg --verify prints every file (conffiles included) whose content differs.
+    assert ct.run(["dpkg", "--verify", target.synapse_package]).stdout == ""
+    if target.synapse_package == "matrix-synapse-py3":
+        # Synapse's code is in its virtualenv only: nothing installed a second copy.
+        second = ct.run(["/usr/bin/python3", "-c", "import synapse"], check=False)
+        assert second.returncode == 1 and "No module named 'synapse'" in second.stderr
 
 
 def test_generated_files_are_registered_with_ucf(ct: Container) -> None:
@@ -408,9 +419,8 @@ def test_server_name_cannot_change_once_synapse_has_a_database(ct: Container) ->
             f"matrix-stack-admin: the server name cannot change from {SERVER} to "
             "other.example.test: Synapse's database /var/lib/matrix-synapse/homeserver.db"
         )
-        assert f"server_name: {SERVER}\n" == ct.read_file(
-            "/etc/matrix-synapse/conf.d/server_name.yaml"
-        )
+        written = ct.read_file("/etc/matrix-synapse/conf.d/server_name.yaml")
+        assert re.search(rf"^server_name: '?{re.escape(SERVER)}'?$", written, re.M), written
     finally:
         set_stack_value(ct, "server_name", SERVER)
 
@@ -467,7 +477,12 @@ def test_upgrade_keeps_secrets_and_edits_and_re_renders_the_rest(
 def test_purge_removes_everything_of_ours_and_keeps_synapse_data(
     ct: Container, before_install: set[str]
 ) -> None:
-    ct.run([*stack.APT, "purge", "matrix-stack"])
+    # Another site that needs mod_ssl, which matrix-stack enabled: purge must leave it on.
+    ct.run(["a2ensite", "-q", "default-ssl"])
+    ct.run(["systemctl", "reload", "apache2"])
+    purged = ct.run([*stack.APT, "purge", "matrix-stack"])
+    assert "matrix-stack: Apache module ssl kept: /etc/apache2/sites-enabled/default-ssl.conf " \
+        "uses it" in purged.stdout
     test_setup = "/etc/apt/apt.conf.d/99matrix-stack-tests"  # the testbed's, not the package's
     assert [p for p in file_list(ct) if "matrix-stack" in p and p != test_setup] == []
     assert ct.run(["ls", "/var/lib/matrix-synapse/homeserver.db"]).returncode == 0
@@ -475,10 +490,12 @@ def test_purge_removes_everything_of_ours_and_keeps_synapse_data(
     for path in ("/var/lib/ucf/hashfile", "/var/lib/ucf/registry"):
         assert "matrix-stack" not in ct.read_file(path)
     enabled = set(ct.run(["ls", "/etc/apache2/mods-enabled"]).stdout.split())
-    assert not {"ssl.load", "proxy_http.load", "socache_shmcb.load"} & enabled
+    assert not {"proxy_http.load", "headers.load"} & enabled
+    assert {"ssl.load", "socache_shmcb.load"} <= enabled  # ssl depends on socache_shmcb
     assert "000-default.conf" in ct.run(["ls", "/etc/apache2/sites-enabled"]).stdout.split()
     wait_for(lambda: ct.run(["systemctl", "is-active", "apache2"], check=False).stdout.strip()
              == "active", timeout=30, what="apache2 active after purge")
+    ct.run(["a2dissite", "-q", "default-ssl"])
     # What apt installed for matrix-stack alone goes with autoremove; then only Synapse's
     # own data and the package system's bookkeeping differ from before the install.
     ct.run([*stack.APT, "autoremove", "--purge"])
@@ -487,6 +504,7 @@ def test_purge_removes_everything_of_ours_and_keeps_synapse_data(
         "/var/lib/matrix-synapse/",
         "/etc/matrix-synapse/homeserver.signing.key",
         "/etc/matrix-synapse/conf.d/server_name.yaml",
+        "/etc/matrix-synapse/conf.d/report_stats.yaml",  # matrix-synapse-py3's postinst's
     )
     bookkeeping = ("/var/lib/dpkg/", "/var/lib/apt/", "/var/lib/systemd/", "/var/lib/ucf/",
                    "/var/lib/apache2/", "/var/lib/debconf/", "/var/cache/", "/etc/ld.so.cache",

@@ -1,5 +1,9 @@
 """Synapse on PostgreSQL: a fresh install preseeded with it, and a migration from SQLite.
 
+On Debian 13, matrix-synapse-py3's postinst starts Synapse on SQLite before matrix-stack is
+configured: the fresh install takes that order (Synapse installed and running first), the
+remote one installs both in one apt transaction.
+
 Both check through PostgreSQL itself, not only through Synapse's configuration, and log in
 with the client API on loopback (the container shares the host's network).
 """
@@ -18,9 +22,10 @@ import yaml
 from tests.system import stack
 from tests.system.stack import SERVER, add_user, apt_install, install, login, preseed
 from tests.system.stack import synapse_request as client_api
-from tests.system.testbed import Container
+from tests.system.synapse_py3 import NEWEST, PREVIOUS
+from tests.system.testbed import Container, Target, wait_for
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.every_target]
 
 PSQL = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "matrix_synapse", "-c"]
 
@@ -39,20 +44,46 @@ def boot(base_tarball: Path, name: str) -> Container:
     return container
 
 
+def install_synapse_first(ct: Container, target: Target) -> bool:
+    """Install matrix-synapse-py3 alone, the release before the newest (a test upgrades it),
+    and wait until its first start made a SQLite database; return whether it did.
+
+    Debian's matrix-synapse (in the sid root already) cannot start on its own homeserver.yaml
+    (a TLS listener on 8448 without a certificate), so there it makes none.
+    """
+    if target.synapse_package != "matrix-synapse-py3":
+        return False
+    preseed(ct, {"matrix-synapse/server-name": SERVER})
+    apt_install(ct, f"{target.synapse_package}={PREVIOUS.debian_version}")
+    wait_for(lambda: ct.path("/var/lib/matrix-synapse/homeserver.db").exists(), timeout=120,
+             what="Synapse's first start to create homeserver.db")
+    return True
+
+
 @pytest.fixture()
-def fresh(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
+def fresh(base_tarball: Path, deb_path: Path, target: Target) -> Iterator[Container]:
     container = boot(base_tarball, "pg")
     try:
         install_postgresql(container)
+        synapse_first = install_synapse_first(container, target)
         preseed(container, {"database": "postgresql"})
-        install(container, deb_path)
+        installed = install(container, deb_path)
+        if synapse_first:
+            # Its first start made an empty SQLite database: set aside, not refused as data.
+            assert "matrix-stack: set aside Synapse's unused SQLite database (no users, rooms " \
+                "or events; made when Synapse first started) as /var/lib/matrix-synapse/" \
+                "homeserver.db.unused-" in installed.stdout  # apt: dpkg's output is on stdout
+            assert not container.path("/var/lib/matrix-synapse/homeserver.db").exists()
+            assert list(container.path("/var/lib/matrix-synapse").glob("homeserver.db.unused-*"))
         stack.wait_for_client_api(container)
         yield container
     finally:
         container.close()
 
 
-def test_fresh_install_with_postgresql_runs_synapse_on_it_and_backs_up(fresh: Container) -> None:
+def test_fresh_install_with_postgresql_runs_synapse_on_it_and_backs_up(
+    fresh: Container, target: Target
+) -> None:
     ct = fresh
     assert "database: postgresql" in stack.read_stack(ct)
     add_user(ct, "alice", "alice-pw-1")
@@ -89,6 +120,18 @@ def test_fresh_install_with_postgresql_runs_synapse_on_it_and_backs_up(fresh: Co
                   ).stdout.strip() == "1"
     owner = "select pg_get_userbyid(relowner) from pg_class where relname = 'users'"
     assert psql(ct, owner) == "matrix-synapse"
+
+    if target.synapse_package == "matrix-synapse-py3":
+        # A newer Synapse release from its repository: our conf.d file stays, the stack works.
+        ours = ct.read_file("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
+        apt_install(ct, target.synapse_package)
+        version = ct.run(["dpkg-query", "-W", "-f", "${Version}", target.synapse_package])
+        assert version.stdout == NEWEST.debian_version
+        assert ct.read_file("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml") == ours
+        stack.wait_for_client_api(ct)
+        login("alice", "alice-pw-2")
+        doctor = ct.run(["matrix-stack-admin", "doctor"], check=False)
+        assert f"✓ synapse: Synapse {NEWEST.version} answers" in doctor.stdout, doctor.stdout
 
 
 @pytest.fixture()
@@ -148,7 +191,10 @@ def test_migrate_to_postgresql_keeps_users_and_messages(on_sqlite: Container) ->
     assert "Synapse runs on PostgreSQL with 2 users" in result.stdout  # bob, carol
     assert "database: postgresql" in stack.read_stack(ct)
     assert psql(ct, "select count(*) from users") == "2"
-    assert ct.path("/var/lib/matrix-synapse/homeserver.db").exists()
+    assert not ct.path("/var/lib/matrix-synapse/homeserver.db").exists()
+    assert list(ct.path("/var/lib/matrix-synapse").glob("homeserver.db.migrated-*"))
+    assert "set aside the SQLite database /var/lib/matrix-synapse/homeserver.db as " in \
+        result.stdout
     stack.wait_for_client_api(ct)
     login("carol", "carol-pw")
     token = login("bob", "bob-pw")

@@ -15,6 +15,7 @@ import ssl
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from matrix_stack.turn import TurnClient, TurnError, turn_credentials
 from matrix_stack.turn_config import parse_coturn_config
 from tests.system import stack
 from tests.system.stack import SERVER
-from tests.system.testbed import Container, http_request
+from tests.system.testbed import Container, http_request, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -32,14 +33,68 @@ PASSWORD = "Turn-test-S3cret"
 TURN_CONF = "/etc/matrix-stack/turnserver.conf"
 
 
+@dataclass
+class FailedInstall:
+    """What a first install that failed in its hook left of coturn."""
+
+    output: str
+    coturn_state: str
+    allocate: str
+
+
 @pytest.fixture(scope="module")
-def ct(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
-    with stack.installed_stack(base_tarball, deb_path, "turn") as container:
-        container.run(
-            ["matrix-stack-admin", "user", "add", "alice", "--password-file", "-"],
-            input=PASSWORD + "\n",
-        )
+def booted(base_tarball: Path) -> Iterator[Container]:
+    with Container(base_tarball, name="turn", hostname=SERVER) as container:
+        container.boot()
         yield container
+
+
+@pytest.fixture(scope="module")
+def failed_first_install(booted: Container, deb_path: Path) -> FailedInstall:
+    """Install with an answer the hook refuses (PostgreSQL, none runs here): coturn, which its
+    own postinst started on Debian's stock configuration, must not be left running."""
+    stack.preseed(booted, {"database": "postgresql"})
+    result = stack.install(booted, deb_path, check=False)
+    assert result.returncode != 0
+    state = booted.run(["systemctl", "is-active", "coturn"], check=False).stdout.strip()
+    # apt runs dpkg with its output, the maintainer scripts' included, on its stdout.
+    return FailedInstall(result.stdout, state, unauthenticated_allocate(host_address(booted)))
+
+
+@pytest.fixture(scope="module")
+def ct(booted: Container, failed_first_install: FailedInstall) -> Container:
+    stack.preseed(booted, {"database": "sqlite"})
+    booted.run(["dpkg", "--configure", "-a"], timeout=900)
+    stack.wait_for_client_api(booted)
+    booted.run(
+        ["matrix-stack-admin", "user", "add", "alice", "--password-file", "-"],
+        input=PASSWORD + "\n",
+    )
+    return booted
+
+
+def host_address(ct: Container) -> str:
+    """The host's default-route address: where coturn listens, on any configuration."""
+    route = ct.run(["ip", "-4", "route", "get", "192.0.2.1"]).stdout.split()
+    return route[route.index("src") + 1]
+
+
+def unauthenticated_allocate(address: str) -> str:
+    """Ask for a relay over TCP without credentials; return what happened, in a word or two."""
+    try:
+        with TurnClient(address, 3478, "tcp") as client:
+            relayed = client.allocate("", "")
+    except TurnError as error:
+        return f"refused: {error.code} {error.reason}"
+    return f"RELAYED at {relayed}"
+
+
+def test_first_install_failing_in_its_hook_leaves_coturn_stopped(
+    failed_first_install: FailedInstall,
+) -> None:
+    assert "no PostgreSQL server runs on this host" in failed_first_install.output
+    assert failed_first_install.coturn_state == "inactive"
+    assert failed_first_install.allocate.startswith("refused: 0 cannot connect")
 
 
 def client_api(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
@@ -169,7 +224,9 @@ def test_tls_1_1_is_refused_on_5349(coturn: dict[str, list[str]]) -> None:
         context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
     context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.1 at all
 
-    with pytest.raises(TurnError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
+    # sid's coturn answers with a protocol_version alert; Debian 13's never answers the
+    # TLS 1.1 ClientHello. Either way no TLS 1.1 session is made.
+    with pytest.raises(TurnError, match="TLSV1_ALERT_PROTOCOL_VERSION|handshake operation timed"):
         TurnClient(address(coturn), 5349, "tls", tls_context=context)
 
 
@@ -252,3 +309,32 @@ def test_turn_test_fails_with_a_clear_line_when_coturn_is_stopped(ct: Container)
         "✗ coturn is not running: start it with systemctl start coturn "
         "(why it stopped: journalctl -u coturn)"
     ]
+
+
+def test_remove_stops_coturn_rather_than_leave_an_open_relay_and_reinstall_restores_it(
+    ct: Container, deb_path: Path, coturn: dict[str, list[str]], turn_answer: dict[str, Any]
+) -> None:
+    here = host_address(ct)
+    assert unauthenticated_allocate(here) == "refused: 401 Unauthorized"
+
+    removed = ct.run([*stack.APT, "remove", "matrix-stack"])
+
+    assert "matrix-stack: coturn stopped and disabled: its own /etc/turnserver.conf is " \
+        "Debian's stock file, which relays for anyone" in removed.stdout
+    assert ct.run(["systemctl", "is-active", "coturn"], check=False).stdout.strip() == "inactive"
+    assert ct.run(["systemctl", "is-enabled", "coturn"], check=False).stdout.strip() == "disabled"
+    assert unauthenticated_allocate(here).startswith("refused: 0 cannot connect")
+    # Why: started on Debian's stock file, coturn hands a relay to anyone who asks.
+    ct.run(["systemctl", "start", "coturn"])
+    try:
+        opened = wait_for(lambda: unauthenticated_allocate(here).startswith("RELAYED"),
+                          timeout=30, what="stock coturn to answer")
+    finally:
+        ct.run(["systemctl", "stop", "coturn"])
+    assert opened
+
+    stack.install(ct, deb_path)
+    assert ct.run(["systemctl", "is-enabled", "coturn"], check=False).stdout.strip() == "enabled"
+    wait_for(lambda: unauthenticated_allocate(here) == "refused: 401 Unauthorized", timeout=30,
+             what="coturn back on matrix-stack's configuration")
+    assert aioice_allocate((address(coturn), 3478), turn_answer, "udp")[0] == address(coturn)

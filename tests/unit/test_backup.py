@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import io
+import os
 import sqlite3
 import tarfile
 from contextlib import closing
@@ -275,3 +277,53 @@ def test_an_archive_whose_stack_and_database_disagree_is_refused() -> None:
     for settings, engine in ((sqlite, "postgresql"), (local, "sqlite"), (remote, "postgresql")):
         with pytest.raises(MatrixStackError, match="not an archive this restores"):
             restore.check_engine(settings, manifest(engine=engine))
+
+
+def swap_in_a_link_after_lstat(
+    monkeypatch: pytest.MonkeyPatch, path: Path, secret: Path
+) -> None:
+    """Replace path by a link to secret once it has been looked at, as its owner could."""
+    real_lstat = os.lstat
+
+    def lstat(name: object, *arguments: object, **options: object) -> os.stat_result:
+        status = real_lstat(name, *arguments, **options)  # type: ignore[arg-type]
+        if str(name) == str(path) and not path.is_symlink():
+            path.unlink()
+            path.symlink_to(secret)
+        return status
+
+    monkeypatch.setattr(os, "lstat", lstat)
+
+
+def test_a_file_swapped_for_a_link_while_added_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:SECRET")
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "picture").write_bytes(b"a picture!!")  # as long as the secret
+    swap_in_a_link_after_lstat(monkeypatch, media / "picture", secret)
+    path = tmp_path / "backup.tar"
+
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
+        writer = ArchiveWriter(tar)
+        with contextlib.suppress(MatrixStackError):
+            writer.add_file(media / "picture", "files/media/picture")
+        with contextlib.suppress(MatrixStackError):
+            writer.add_tree(media)
+
+    assert b"SECRET" not in path.read_bytes()
+
+
+def test_adding_a_link_or_other_non_file_as_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "key").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_bytes(b"secret")
+    (tmp_path / "directory").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    with tarfile.open(tmp_path / "backup.tar", "w:") as tar:
+        writer = ArchiveWriter(tar)
+        for name in ("key", "directory", "fifo"):
+            with pytest.raises(MatrixStackError, match="not a regular file"):
+                writer.add_file(tmp_path / name, f"files/{name}")
+        assert writer.members == {}

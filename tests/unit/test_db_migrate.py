@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
+import signal
 import sqlite3
+import stat
+import tempfile
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,14 @@ from matrix_stack import answers, db_migrate, postgres, secrets
 from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.db_migrate import port_config
 from matrix_stack.errors import MatrixStackError
+from tests.unit.helpers import make_settings
+from tests.unit.test_files import (
+    ACCOUNT_UID,
+    ServiceAccount,
+    as_root,
+    assert_untouched,
+    plant_victims,
+)
 
 
 def sqlite_with(path: Path, users: int, rooms: int) -> Path:
@@ -102,6 +117,7 @@ class FakeHost:
         self.units: list[str] = []
         self.port_fails = port_fails
         self.targets: list[str] = []
+        (tmp_path / "h.db").write_bytes(b"SQLite format 3\0")
         stack = {"server_name": "example.org", "database": "sqlite"}
         monkeypatch.setattr(answers, "read_stack", lambda: dict(stack))
         monkeypatch.setattr(answers, "write_stack", self.stacks.append)
@@ -154,6 +170,87 @@ def test_migrate_failing_half_way_puts_sqlite_back_and_starts_synapse(
     assert [stack["database"] for stack in host.stacks] == ["sqlite"]
     assert host.applied == ["sqlite"]
     assert host.units == ["stop", "start"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["h.db"]
+
+
+def test_migrate_verified_sets_the_sqlite_file_aside_beside_itself_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    FakeHost(monkeypatch, tmp_path, port_fails=False)
+    (tmp_path / "h.db-wal").write_bytes(b"wal")
+    lines: list[str] = []
+
+    db_migrate.migrate(lines.append)
+
+    kept = sorted(path.name for path in tmp_path.iterdir())
+    assert len(kept) == 2 and re.fullmatch(r"h\.db\.migrated-\d{8}T\d{6}Z", kept[0])
+    assert kept[1] == kept[0] + "-wal"
+    assert (tmp_path / kept[1]).read_bytes() == b"wal"
+    assert lines[-1] == (
+        f"set aside the SQLite database {tmp_path / 'h.db'} as {tmp_path / kept[0]}: Synapse's "
+        "data is in PostgreSQL database matrix_synapse now; nothing was deleted"
+    )
+
+
+def test_migrate_done_but_unable_to_set_the_sqlite_file_aside_says_synapse_runs_on_postgresql(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host = FakeHost(monkeypatch, tmp_path, port_fails=False)
+
+    def refuse(_database: Path, _suffix: str) -> Path:
+        raise PermissionError("Operation not permitted")
+
+    monkeypatch.setattr(postgres, "set_aside", refuse)
+
+    with pytest.raises(MatrixStackError) as raised:
+        db_migrate.migrate(lambda _line: None)
+
+    assert str(raised.value) == (
+        "Synapse runs on PostgreSQL database matrix_synapse with 2 users, 1 rooms, but its old "
+        f"SQLite database {tmp_path / 'h.db'} could not be set aside (Operation not permitted): "
+        "rename it by hand, to keep it as an old copy"
+    )
+    assert host.applied == ["postgresql"]
+    assert host.units == ["stop", "start"]
+
+
+def test_migrate_whose_second_count_differs_keeps_the_sqlite_file_where_it_was(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    FakeHost(monkeypatch, tmp_path, port_fails=False)
+    after = iter([Counts(2, 1), Counts(1, 1)])
+    monkeypatch.setattr(db_migrate, "count_postgresql", lambda: next(after))
+
+    with pytest.raises(MatrixStackError, match=r"^migration failed \(PostgreSQL holds 1 users"):
+        db_migrate.migrate(lambda _line: None)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["h.db"]
+
+
+@pytest.mark.parametrize("step", ["port", "answering"])
+def test_migrate_going_back_to_sqlite_is_not_refused_by_the_postgresql_guard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: str
+) -> None:
+    host = FakeHost(monkeypatch, tmp_path, port_fails=False)
+    # PostgreSQL is live and holds the copied data by then: the guard would refuse SQLite.
+    live = tmp_path / "root/etc/matrix-synapse/conf.d/50-matrix-stack.yaml"
+    live.parent.mkdir(parents=True)
+    live.write_text(yaml.safe_dump({"database": postgres.SYNAPSE_DATABASE_BLOCK}))
+
+    def data(argv: Any) -> str:
+        return "3" if "table_name IN" in argv[-1] else "1"
+
+    def apply(settings: Any, prepare_database: Any = None, **_options: Any) -> None:
+        check = prepare_database or (lambda s, _root: postgres.prepare(s, tmp_path / "root", data))
+        check(settings, Path("/"))
+        host.applied.append(settings.database)
+
+    monkeypatch.setattr(db_migrate, "apply", apply)
+    interrupt_at(monkeypatch, host, step, keyboard_interrupt)
+
+    with pytest.raises(MatrixStackError, match=r"^migration interrupted; Synapse runs on SQLite"):
+        db_migrate.migrate(lambda _line: None)
+    assert host.applied[-1] == "sqlite"
+    assert host.units[-1] == "start"
 
 
 def test_wait_for_background_updates_gives_up_with_one_line(tmp_path: Path) -> None:
@@ -207,3 +304,146 @@ def test_migrate_to_a_remote_server_needs_a_password(
     monkeypatch.setattr(secrets, "has_database_password", lambda: False)
     with pytest.raises(MatrixStackError, match="give it with --password-file"):
         db_migrate.migrate(lambda _line: None, remote={"database_host": "db.example.org"})
+
+
+# --- the port script's configuration, staged for Synapse's account -------------------------
+
+
+def fake_port_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, account: ServiceAccount | None = None
+) -> list[tuple[str, int, int, int, bytes]]:
+    """Fake the port script around run_port_script; return what it finds in its stage."""
+    monkeypatch.setattr(db_migrate, "read_merged_config", lambda: {"server_name": "x"})
+    monkeypatch.setattr(db_migrate, "lookup_ids", lambda _owner, _group: (ACCOUNT_UID, 0))
+    seen: list[tuple[str, int, int, int, bytes]] = []
+
+    def fake_run(argv: list[str], **_options: object) -> None:
+        config = Path(argv[-1])
+        for path in (config.parent, config):
+            status = path.lstat()
+            data = path.read_bytes() if stat.S_ISREG(status.st_mode) else b""
+            seen.append((path.name, status.st_uid, status.st_gid,
+                         stat.S_IMODE(status.st_mode), data))
+        if account is not None:
+            account.act()
+
+    monkeypatch.setattr(db_migrate, "run", fake_run)
+    return seen
+
+
+@as_root
+def test_run_port_script_gives_its_configuration_to_synapses_account_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = fake_port_script(tmp_path, monkeypatch)
+
+    db_migrate.run_port_script(Path("/port"), tmp_path / "db", db_migrate.Target(make_settings()))
+
+    (_stage, stage_uid, _gid, _mode, _data), config = seen
+    assert stage_uid == ACCOUNT_UID
+    assert config[:4] == ("postgres.yaml", ACCOUNT_UID, 0, 0o600)
+    assert yaml.safe_load(config[4])["database"] == postgres.SYNAPSE_DATABASE_BLOCK
+
+
+@as_root
+def test_run_port_script_follows_no_link_synapses_account_plants_in_its_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tmp").mkdir(mode=0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    victim, victim_directory = plant_victims(tmp_path)
+    account = ServiceAccount(monkeypatch, tmp_path / "tmp", {"postgres.yaml": victim})
+    fake_port_script(tmp_path, monkeypatch, account)
+
+    with contextlib.suppress(OSError):
+        db_migrate.run_port_script(
+            Path("/port"), tmp_path / "db", db_migrate.Target(make_settings()))
+
+    assert_untouched(victim, victim_directory)
+
+
+# --- interruptions: Ctrl-C, SIGTERM or any BaseException mid-migration ---------------------
+
+
+def interrupt_at(
+    monkeypatch: pytest.MonkeyPatch, host: FakeHost, step: str, interrupt: Callable[[], None]
+) -> None:
+    """Make one step of the migration (stop, port, answering) be interrupted."""
+    if step == "stop":
+        def systemctl(action: str) -> None:
+            host.units.append(action)
+            if action == "stop":
+                interrupt()
+        monkeypatch.setattr(db_migrate, "systemctl", systemctl)
+    elif step == "port":
+        monkeypatch.setattr(db_migrate, "run_port_script", lambda *_args: interrupt())
+    else:
+        def answering(*_args: object) -> bool:
+            interrupt()
+            return True
+        monkeypatch.setattr(db_migrate, "wait_until_answering", answering)
+
+
+def keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("step", "stacks", "units"), [
+    ("stop", ["sqlite"], ["stop", "start"]),
+    ("port", ["sqlite"], ["stop", "start"]),
+    ("answering", ["postgresql", "sqlite"], ["stop", "start", "start"]),
+])
+def test_migrate_interrupted_by_ctrl_c_puts_sqlite_back_starts_synapse_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: str, stacks: list[str],
+    units: list[str],
+) -> None:
+    host = FakeHost(monkeypatch, tmp_path, port_fails=False)
+    interrupt_at(monkeypatch, host, step, keyboard_interrupt)
+    lines: list[str] = []
+
+    with pytest.raises(MatrixStackError) as raised:
+        db_migrate.migrate(lines.append)
+
+    assert str(raised.value) == (
+        f"migration interrupted; Synapse runs on SQLite again, {tmp_path / 'h.db'} untouched; "
+        "empty PostgreSQL database matrix_synapse before trying again"
+    )
+    assert raised.value.exit_code == 1
+    assert [stack["database"] for stack in host.stacks] == stacks
+    assert host.applied == stacks
+    assert host.units == units
+    assert lines[-1] == "interrupted: going back to SQLite"
+
+
+def test_migrate_terminated_by_sigterm_puts_sqlite_back_and_restores_the_handler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host = FakeHost(monkeypatch, tmp_path, port_fails=False)
+    interrupt_at(monkeypatch, host, "port", lambda: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+
+    with pytest.raises(MatrixStackError, match=r"^migration interrupted; Synapse runs on SQLite"):
+        db_migrate.migrate(lambda _line: None)
+
+    assert [stack["database"] for stack in host.stacks] == ["sqlite"]
+    assert host.applied == ["sqlite"]
+    assert host.units == ["stop", "start"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_migrate_hit_by_any_other_exception_still_puts_sqlite_back_then_lets_it_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host = FakeHost(monkeypatch, tmp_path, port_fails=False)
+
+    def bug() -> None:
+        raise SystemExit(3)
+
+    interrupt_at(monkeypatch, host, "port", bug)
+
+    with pytest.raises(SystemExit):
+        db_migrate.migrate(lambda _line: None)
+
+    assert [stack["database"] for stack in host.stacks] == ["sqlite"]
+    assert host.applied == ["sqlite"]
+    assert host.units == ["stop", "start"]

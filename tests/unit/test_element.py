@@ -468,10 +468,12 @@ class Site:
     def publish(self, version: str, members: list[Any] | None = None) -> Path:
         return publish(self.mirror.directory, self.key, version, members)
 
-    def fetch(self, version: str | None = None, **overrides: Any) -> element.Outcome:
+    def fetch(
+        self, version: str | None = None, *, allow_downgrade: bool = False, **overrides: Any
+    ) -> element.Outcome:
         downloader = Downloader(proxies={})
         return element.fetch(self.settings(**overrides), version, root=self.root,
-                             downloader=downloader)
+                             downloader=downloader, allow_downgrade=allow_downgrade)
 
     def current(self) -> str:
         return os.readlink(host_path(ELEMENT_ROOT, self.root))
@@ -587,10 +589,121 @@ def test_reinstalling_the_kept_previous_version_replaces_it(site: Site) -> None:
     for version in ("1.2.3", "1.2.4"):
         site.publish(version)
         site.fetch(version)
-    assert site.fetch("1.2.3") == element.Outcome("1.2.3", "1.2.4")
+    assert site.fetch("1.2.3", allow_downgrade=True) == element.Outcome("1.2.3", "1.2.4")
     assert element.installed(site.root) == element.Installed("1.2.3", "1.2.4")
     assert site.entries() == [".lock", "current", "element-v1.2.3", "element-v1.2.4",
                               "keyring.gpg", "previous"]
+
+
+def test_latest_older_than_the_served_release_is_refused_before_any_download(
+    site: Site,
+) -> None:
+    # A stale mirror or a tampered http:// source names an old, validly signed release.
+    for version in ("1.11.9", "1.11.10"):
+        site.publish(version)
+    site.fetch("1.11.10")
+    for name in ("element-v1.11.10.tar.gz", "element-v1.11.10.tar.gz.asc"):
+        (site.mirror.directory / name).unlink()
+    site.mirror.requests.clear()
+    before = site.entries()
+
+    with pytest.raises(MatrixStackError) as refused:
+        site.fetch("latest")
+
+    assert str(refused.value) == (
+        "Element 1.11.9 is older than the installed 1.11.10: refused (a stale mirror or a "
+        "tampered download can offer an old release); add --allow-downgrade to install it anyway"
+    )
+    assert [path for path in site.mirror.requests if ".tar.gz" in path] == []
+    assert site.current() == "element-v1.11.10"
+    assert site.entries() == before
+
+
+def test_an_older_version_is_installed_with_allow_downgrade(site: Site) -> None:
+    for version in ("1.11.9", "1.11.10"):
+        site.publish(version)
+    site.fetch("1.11.10")
+
+    assert site.fetch("1.11.9", allow_downgrade=True) == element.Outcome(
+        "1.11.9", "1.11.10"
+    )
+    assert site.current() == "element-v1.11.9"
+
+
+@pytest.mark.parametrize(
+    ("served", "offered", "refused"),
+    [("1.11.10", "1.11.9", True), ("1.11.90", "1.11.9", True), ("1.11.9", "1.11.10", False),
+     ("2.0.0", "1.99.99", True), ("1.2.3", "1.2.3-rc.1", True), ("1.2.3-rc.1", "1.2.3", False),
+     ("1.2.3", "v1.2.4", False)],
+)
+def test_downgrades_are_found_by_version_order_not_text(
+    served: str, offered: str, refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(MatrixStackError, match=f"^Element {offered} is older than the "
+                           f"installed {served}: refused"):
+            element.refuse_downgrade(offered, served, allow_downgrade=False)
+    else:
+        element.refuse_downgrade(offered, served, allow_downgrade=False)
+    element.refuse_downgrade(offered, served, allow_downgrade=True)
+    element.refuse_downgrade(offered, None, allow_downgrade=False)
+
+
+def test_install_of_an_older_local_tarball_is_refused_unless_allowed(
+    site: Site, tmp_path: Path
+) -> None:
+    site.publish("1.3.0")
+    site.fetch("1.3.0")
+    tarball = publish(tmp_path / "local", site.key, "1.2.9")
+    signature = tarball.with_name(tarball.name + ".asc")
+    before = site.entries()
+
+    with pytest.raises(MatrixStackError) as refused:
+        element.install(site.settings(), tarball, signature, root=site.root,
+                        downloader=Downloader(proxies={}))
+
+    assert str(refused.value) == (
+        "Element 1.2.9 is older than the installed 1.3.0: refused (a stale mirror or a "
+        "tampered download can offer an old release); add --allow-downgrade to install it anyway"
+    )
+    assert site.entries() == before
+    outcome = element.install(site.settings(), tarball, signature, root=site.root,
+                              downloader=Downloader(proxies={}), allow_downgrade=True)
+    assert outcome == element.Outcome("1.2.9", "1.3.0")
+
+
+def test_command_line_passes_allow_downgrade_to_fetch_and_install(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[str, bool]] = []
+
+    def fetch(settings: Settings, requested: str | None, **options: Any) -> element.Outcome:
+        calls.append(("fetch", options["allow_downgrade"]))
+        return element.Outcome("1.2.3", "1.2.4")
+
+    def install(settings: Settings, tarball: Path, signature: Path,
+                **options: Any) -> element.Outcome:
+        calls.append(("install", options["allow_downgrade"]))
+        return element.Outcome("1.2.3", "1.2.4")
+
+    monkeypatch.setattr(element, "fetch", fetch)
+    monkeypatch.setattr(element, "install", install)
+    monkeypatch.setattr("matrix_stack.apply.ensure_root", lambda: None)
+    monkeypatch.setattr("matrix_stack.cli_element._settings", site.settings)
+    tarball = tmp_path / "element-v1.2.3.tar.gz"
+    for path in (tarball, tmp_path / "element-v1.2.3.tar.gz.asc"):
+        path.write_bytes(b"")
+
+    for argv in (["element", "fetch", "1.2.3", "--allow-downgrade"], ["element", "fetch"],
+                 ["element", "install", str(tarball), "--allow-downgrade"],
+                 ["element", "install", str(tarball)]):
+        assert main(argv) == 0
+
+    assert calls == [("fetch", True), ("fetch", False), ("install", True), ("install", False)]
+    assert capsys.readouterr().out == (
+        "installed Element 1.2.3 (signature verified); 1.2.4 kept for: matrix-stack-admin "
+        "element rollback\n" * 4
+    )
 
 
 def test_leftovers_of_an_interrupted_run_are_pruned_by_the_next_install(site: Site) -> None:

@@ -6,8 +6,11 @@ UcfState(tmp_path) runs the real ucf and ucfr with --state-dir under tmp_path.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,3 +286,115 @@ def test_host_path_puts_the_target_under_root(tmp_path: Path) -> None:
 def test_sets_ownership_only_as_root_on_the_real_root(tmp_path: Path) -> None:
     assert files.sets_ownership(tmp_path) is False
     assert files.sets_ownership(Path("/")) is (os.geteuid() == 0)
+
+
+# --- create_exclusive, and the service account that plants links ---------------------------
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another owner needs root")
+ACCOUNT_UID = 4242
+WRAPPED = ("open", "mkdir", "chown", "lchown", "chmod", "fchown", "fchmod", "utime", "rename")
+
+
+class ServiceAccount:
+    """Play the service account (uid ACCOUNT_UID) against root's work under watched.
+
+    Before each filesystem call root makes (and whenever act() is called), the account goes
+    into every directory under watched it can reach and owns, and puts a link in place of
+    each name in links (a glob: each match; moving aside what was there), as a compromised
+    service could.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, watched: Path, links: dict[str, Path]):
+        self.watched = watched
+        self.links = links
+        self.acting = False
+        for name in WRAPPED:
+            monkeypatch.setattr(os, name, self._before(getattr(os, name)))
+
+    def _before(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*arguments: Any, **keywords: Any) -> Any:
+            self.act()
+            return call(*arguments, **keywords)
+        return wrapped
+
+    def act(self) -> None:
+        if self.acting:
+            return
+        self.acting = True
+        top = self.watched.resolve()
+        try:
+            for directory in self._reachable_owned(self.watched):
+                if directory.resolve() != top / directory.relative_to(self.watched):
+                    continue  # reached through a link it just swapped in: not its own
+                for name, target in self.links.items():
+                    wildcard = any(character in name for character in "*?[")
+                    for entry in directory.glob(name) if wildcard else [directory / name]:
+                        if entry.is_symlink() or entry.name.endswith(".moved-aside"):
+                            continue
+                        if entry.exists():
+                            entry.rename(entry.with_name(f"{entry.name}.moved-aside"))
+                        entry.symlink_to(target)
+        finally:
+            self.acting = False
+
+    def _reachable_owned(self, directory: Path) -> list[Path]:
+        try:
+            status = directory.lstat()
+        except FileNotFoundError:
+            return []
+        if not stat.S_ISDIR(status.st_mode):
+            return []
+        owned = status.st_uid == ACCOUNT_UID
+        if not status.st_mode & (stat.S_IXUSR if owned else stat.S_IXOTH):
+            return []
+        found = [directory] if owned else []
+        for entry in sorted(directory.iterdir()):
+            found += self._reachable_owned(entry)
+        return found
+
+
+def plant_victims(tmp_path: Path) -> tuple[Path, Path]:
+    """Make a file and a directory of root's that root must never change: the links' targets."""
+    victim = tmp_path / "victim"
+    victim.write_text("root:x:0:0\n")
+    victim.chmod(0o644)
+    victim_directory = tmp_path / "victim-dir"
+    victim_directory.mkdir()
+    victim_directory.chmod(0o755)
+    return victim, victim_directory
+
+
+def assert_untouched(victim: Path, victim_directory: Path) -> None:
+    for path, mode in ((victim, 0o644), (victim_directory, 0o755)):
+        status = path.stat()
+        assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (0, 0, mode)
+    assert victim.read_text() == "root:x:0:0\n"
+    assert list(victim_directory.iterdir()) == []
+
+
+@as_root
+def test_create_exclusive_sets_owner_and_mode_on_the_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "new"
+    descriptor = files.create_exclusive(path, ACCOUNT_UID, 0, 0o640)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(b"data")
+    status = path.stat()
+    assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (ACCOUNT_UID, 0, 0o640)
+    assert path.read_bytes() == b"data"
+
+
+@as_root
+def test_create_exclusive_refuses_a_planted_link_and_leaves_its_target_alone(
+    tmp_path: Path,
+) -> None:
+    victim, victim_directory = plant_victims(tmp_path)
+    (tmp_path / "link").symlink_to(victim)
+    (tmp_path / "dangling").symlink_to(victim_directory / "new")
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("link", "dangling"):
+            with pytest.raises(FileExistsError):
+                files.create_exclusive(name, ACCOUNT_UID, 0, 0o600, dir_fd=directory)
+    finally:
+        os.close(directory)
+    assert_untouched(victim, victim_directory)

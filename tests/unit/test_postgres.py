@@ -20,8 +20,12 @@ LIVE = Path("etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
 class FakePsql:
     """psql answering from a set of existing objects, recording every statement."""
 
-    def __init__(self, *, role: bool = False, database: bool = False, up: bool = True) -> None:
+    def __init__(
+        self, *, role: bool = False, database: bool = False, up: bool = True,
+        schema: bool = True, data: bool = False,
+    ) -> None:
         self.role, self.database, self.up = role, database, up
+        self.schema, self.data = schema, data
         self.statements: list[str] = []
 
     def __call__(self, argv: Sequence[str]) -> str:
@@ -33,6 +37,10 @@ class FakePsql:
             return "1\n" if self.role else ""
         if "pg_database" in sql:
             return "1\n" if self.database else ""
+        if "table_name IN" in sql:
+            return "3\n" if self.schema else "0\n"
+        if "EXISTS (SELECT 1 FROM users)" in sql:
+            return "1\n" if self.data else "0\n"
         return "1\n"
 
 
@@ -122,3 +130,116 @@ def test_psql_as_postgres_runs_psql_as_the_postgres_user_without_a_shell(
         ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "postgres", "-v",
          "ON_ERROR_STOP=1", "-c", "SELECT 1"]
     ]
+
+
+def synapse_sqlite(path: Path, users: int = 0) -> None:
+    """Make a SQLite file with the tables Synapse's data lives in, and users rows."""
+    import sqlite3
+    from contextlib import closing
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as connection:
+        for table in postgres.DATA_TABLES:
+            connection.execute(f"CREATE TABLE {table} (name TEXT)")
+        connection.executemany("INSERT INTO users VALUES (?)", [(f"u{n}",) for n in range(users)])
+        connection.commit()
+
+
+def test_prepare_sets_aside_an_empty_sqlite_synapse_made_on_its_first_start(
+    tmp_path: Path,
+) -> None:
+    synapse_sqlite(tmp_path / SQLITE)
+    (tmp_path / f"{SQLITE}-wal").write_bytes(b"")
+    stopped: list[bool] = []
+
+    done = postgres.prepare(settings("postgresql"), tmp_path, FakePsql(role=True, database=True),
+                            stop=lambda: stopped.append(True))
+
+    assert stopped == [True]
+    assert not (tmp_path / SQLITE).exists()
+    kept = sorted(p.name for p in (tmp_path / SQLITE).parent.iterdir())
+    assert len(kept) == 2 and kept[0].startswith("homeserver.db.unused-")
+    assert kept[1] == kept[0] + "-wal"
+    assert done == [
+        "set aside Synapse's unused SQLite database (no users, rooms or events; made when "
+        f"Synapse first started) as {(tmp_path / SQLITE).parent / kept[0]}: PostgreSQL starts "
+        "empty; nothing was deleted"
+    ]
+
+
+def test_prepare_refuses_a_sqlite_synapse_with_one_user_and_stops_nothing(tmp_path: Path) -> None:
+    synapse_sqlite(tmp_path / SQLITE, users=1)
+    stopped: list[bool] = []
+
+    with pytest.raises(MatrixStackError, match="Synapse's data is in"):
+        postgres.prepare(settings("postgresql"), tmp_path, FakePsql(),
+                         stop=lambda: stopped.append(True))
+    assert stopped == []
+    assert (tmp_path / SQLITE).exists()
+
+
+def test_sqlite_without_synapse_tables_counts_as_data(tmp_path: Path) -> None:
+    path = tmp_path / "homeserver.db"
+    path.write_bytes(b"not a database at all")
+
+    assert postgres.sqlite_holds_data(path)
+
+
+# --- back from PostgreSQL to SQLite: no tool copies that way -------------------------------
+
+
+def live_postgresql(root: Path, block: dict[str, object] = postgres.SYNAPSE_DATABASE_BLOCK) -> None:
+    """Write our live Synapse file naming PostgreSQL, as apply leaves it after a switch."""
+    (root / LIVE).parent.mkdir(parents=True, exist_ok=True)
+    (root / LIVE).write_text(yaml.safe_dump({"database": block}))
+
+
+def test_prepare_refuses_going_back_to_sqlite_while_local_postgresql_holds_users(
+    tmp_path: Path,
+) -> None:
+    live_postgresql(tmp_path)
+    synapse_sqlite(tmp_path / SQLITE, users=1)  # left behind by an old migration
+
+    with pytest.raises(MatrixStackError) as caught:
+        postgres.prepare(settings("sqlite"), tmp_path, FakePsql(database=True, data=True))
+
+    assert str(caught.value) == (
+        "database: Synapse's data is in PostgreSQL database matrix_synapse; matrix-stack has "
+        "no way back to SQLite (Synapse's synapse_port_db copies only from SQLite to "
+        "PostgreSQL): keep database: postgresql"
+    )
+
+
+def test_prepare_refuses_going_back_to_sqlite_from_a_remote_postgresql_without_asking_it(
+    tmp_path: Path,
+) -> None:
+    live_postgresql(tmp_path, postgres.synapse_database_block(from_mapping(
+        {"server_name": NAME, "database": "postgresql", "database_host": "db.example.org",
+         "database_name": "synapse"}, Path("/"))))
+    psql = FakePsql(up=False)
+
+    with pytest.raises(MatrixStackError, match=(
+        r"^database: Synapse's data is in PostgreSQL database synapse on db\.example\.org:5432; "
+        "matrix-stack has no way back to SQLite")):
+        postgres.prepare(settings("sqlite"), tmp_path, psql)
+
+
+def test_prepare_refuses_going_back_to_sqlite_when_local_postgresql_cannot_be_asked(
+    tmp_path: Path,
+) -> None:
+    live_postgresql(tmp_path)
+
+    with pytest.raises(MatrixStackError, match="no way back to SQLite"):
+        postgres.prepare(settings("sqlite"), tmp_path, FakePsql(up=False))
+
+
+@pytest.mark.parametrize("psql", [
+    FakePsql(database=False), FakePsql(database=True, schema=False), FakePsql(database=True)
+], ids=["no-database", "no-schema", "no-rows"])
+def test_prepare_lets_a_synapse_whose_postgresql_holds_nothing_go_back_to_sqlite(
+    tmp_path: Path, psql: FakePsql
+) -> None:
+    live_postgresql(tmp_path)
+
+    assert postgres.prepare(settings("sqlite"), tmp_path, psql) == []
+    assert not [sql for sql in psql.statements if not sql.startswith("SELECT")]

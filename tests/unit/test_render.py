@@ -342,7 +342,7 @@ def test_render_element_config_follows_federation_and_registration(
     config = json.loads(specs[ELEMENT_CONFIG_PATH].text)
 
     assert config["default_federate"] is federate
-    assert config["setting_defaults"] == {"UIFeature.registration": registration}
+    assert config["setting_defaults"]["UIFeature.registration"] is registration
     assert config["default_server_config"] == {
         "m.homeserver": {"base_url": "https://matrix.example.org",
                          "server_name": "matrix.example.org"}
@@ -429,3 +429,67 @@ def test_render_synapse_with_remote_postgresql_names_the_passfile_not_the_passwo
         "passfile": "/etc/matrix-stack/secrets/database.pgpass", "cp_min": 5, "cp_max": 10,
     }
     assert "password" not in config["database"]["args"]
+
+
+# --- Element: nothing sent to a third party by default -------------------------------------
+
+HOSTNAME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z][a-z0-9-]+", re.IGNORECASE)
+
+
+def string_values(value: object) -> list[str]:
+    """Return every string value in a parsed JSON document (keys left out)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in string_values(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in string_values(item)]
+    return []
+
+
+def test_render_element_config_keeps_calls_widgets_and_integrations_off_third_parties(
+    renders: Renders,
+) -> None:
+    config = json.loads(renders["defaults"][ELEMENT_CONFIG_PATH].text)
+
+    assert config == {
+        "default_server_config": {
+            "m.homeserver": {"base_url": "https://matrix.example.org",
+                             "server_name": "matrix.example.org"}
+        },
+        "disable_custom_urls": False,
+        "disable_guests": True,
+        "default_federate": True,
+        "brand": "Element",
+        "default_theme": "light",
+        "room_directory": {"servers": ["matrix.example.org"]},
+        "jitsi": {"preferred_domain": "matrix.example.org"},
+        "features": {
+            "feature_group_calls": False,
+            "feature_video_rooms": False,
+            "feature_element_call_video_rooms": False,
+        },
+        "show_labs_settings": False,
+        "integrations_ui_url": None,
+        "integrations_rest_url": None,
+        "integrations_widgets_urls": None,
+        "setting_defaults": {
+            "UIFeature.registration": False,
+            "UIFeature.widgets": False,
+            "UIFeature.locationSharing": False,
+        },
+    }
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_render_element_config_names_no_host_but_this_server(
+    renders: Renders, case: str, tmp_path: Path
+) -> None:
+    settings, _facts = case_settings(case, tls_root(tmp_path))
+    config = json.loads(renders[case][ELEMENT_CONFIG_PATH].text)
+    hosts = {host.lower() for text in string_values(config) for host in HOSTNAME.findall(text)}
+
+    assert hosts <= {settings.server_name, settings.element_domain}
+    for absent in ("bug_report_endpoint_url", "map_style_url", "element_call",
+                   "widget_build_url", "posthog", "sentry", "piwik"):
+        assert absent not in config

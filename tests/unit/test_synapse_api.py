@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -75,6 +77,7 @@ class FakeSynapse(BaseHTTPRequestHandler):
     users: dict[str, bool] = {}
     nonces: set[str] = set()
     requests: list[tuple[str, str]] = []
+    register_behind_a_gateway = False  # register answers a gateway's HTML error page
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -87,10 +90,29 @@ class FakeSynapse(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def reply_raw(self, status: int, content_type: str, data: bytes) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self.requests.append(("GET", self.path))
-        if self.path == "/_matrix/client/versions":
+        route = self.path.split("?")[0]
+        if route == "/bad-gateway":  # another program on the port, e.g. a proxy's error page
+            self.reply_raw(502, "text/html", b"<html><body>502 Bad Gateway</body></html>\n")
+        elif route == "/empty":
+            self.reply_raw(200, "", b"")
+        elif route == "/not-json":
+            self.reply_raw(200, "text/html", b"<html>It works!</html>")
+        elif route == "/json-list":
+            self.reply_raw(200, "application/json", b"[]")
+        elif self.path == "/_matrix/client/versions":
             self.reply(200, {"versions": ["v1.11"]})
+        elif self.path == "/_synapse/admin/v1/register" and self.register_behind_a_gateway:
+            self.reply_raw(502, "text/html", b"<html><body>502 Bad Gateway</body></html>\n")
         elif self.path == "/_synapse/admin/v1/register":
             nonce = f"nonce{len(self.nonces)}"
             self.nonces.add(nonce)
@@ -138,6 +160,7 @@ def synapse() -> Iterator[Synapse]:
     FakeSynapse.users = {}
     FakeSynapse.nonces = set()
     FakeSynapse.requests = []
+    FakeSynapse.register_behind_a_gateway = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeSynapse)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -210,8 +233,129 @@ def test_bootstrap_without_synapse_says_what_to_run_and_does_not_raise() -> None
     )
 
 
+def test_bootstrap_when_register_answers_no_json_says_so_and_does_not_raise(
+    synapse: Synapse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("matrix_stack.bootstrap.read_root_secret", lambda path: SECRET)
+    FakeSynapse.register_behind_a_gateway = True
+
+    line = bootstrap_admin("admin", "pw", SERVER, synapse=synapse, wait_seconds=0)
+
+    assert line == (
+        "@admin:example.org was not created (Synapse's answer to GET /_synapse/admin/v1/register "
+        "is no JSON object (HTTP 502, text/html): is another program listening on "
+        f"{synapse.base_url}? see: systemctl status matrix-synapse); create it later with: "
+        "matrix-stack-admin user add admin --admin"
+    )
+
+
 def test_bootstrap_without_password_creates_nothing(synapse: Synapse) -> None:
     line = bootstrap_admin("admin", "", SERVER, synapse=synapse, wait_seconds=0)
 
     assert line.startswith("no password was given for the administrator @admin:example.org")
     assert FakeSynapse.requests == []
+
+
+class ProxyListener(BaseHTTPRequestHandler):
+    """Stands for the HTTP proxy the environment names: records whatever reaches it."""
+
+    received: list[str] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def record(self) -> None:
+        self.received.append(f"{self.command} {self.path} {self.headers.get('Authorization')}")
+        self.send_response(502)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = do_DELETE = record  # noqa: N815 - http.server's naming
+
+
+@pytest.fixture
+def proxy_in_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Run a proxy listener named by every proxy variable; yield the requests it receives."""
+    ProxyListener.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ProxyListener)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with monkeypatch.context() as patch:
+            for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                         "ALL_PROXY"):
+                patch.setenv(name, proxy)
+            for name in ("no_proxy", "NO_PROXY"):
+                patch.delenv(name, raising=False)
+            # urlopen keeps the opener it first built: rebuild it under this environment.
+            urllib.request.install_opener(urllib.request.build_opener())
+            yield ProxyListener.received
+    finally:
+        urllib.request.install_opener(urllib.request.build_opener())
+        server.shutdown()
+        server.server_close()
+
+
+def test_admin_token_and_passwords_reach_synapse_and_never_the_environments_proxy(
+    synapse: Synapse, proxy_in_environment: list[str]
+) -> None:
+    synapse.register(UserId("alice", SERVER), "pw", admin=True, shared_secret=SECRET)
+    synapse.token = "admin-token"
+
+    names = [user["name"] for user in synapse.users(include_deactivated=False)]
+
+    assert names == ["@alice:example.org"]
+    assert FakeSynapse.requests == [
+        ("GET", "/_synapse/admin/v1/register"),
+        ("POST", "/_synapse/admin/v1/register"),
+        ("GET", "/_synapse/admin/v2/users?from=0&limit=500&deactivated=false&order_by=name"),
+    ]
+    assert proxy_in_environment == []
+
+
+@pytest.mark.parametrize(
+    ("path", "what"),
+    [
+        ("/bad-gateway", "HTTP 502, text/html"),
+        ("/empty", "HTTP 200, empty"),
+        ("/not-json", "HTTP 200, text/html"),
+        ("/json-list", "HTTP 200, application/json"),
+    ],
+)
+def test_an_answer_that_is_no_json_object_is_one_line_naming_path_and_status(
+    synapse: Synapse, path: str, what: str
+) -> None:
+    with pytest.raises(MatrixStackError) as raised:
+        synapse.request("GET", f"{path}?token=x", authenticated=False)
+
+    assert type(raised.value) is MatrixStackError
+    assert str(raised.value) == (
+        f"Synapse's answer to GET {path} is no JSON object ({what}): is another program "
+        f"listening on {synapse.base_url}? see: systemctl status matrix-synapse"
+    )
+
+
+def test_a_program_that_does_not_speak_http_is_one_line() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def greet() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    thread = threading.Thread(target=greet, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(MatrixStackError) as raised:
+            Synapse(base_url, timeout=5).request("GET", "/_matrix/client/versions")
+    finally:
+        thread.join(5)
+        listener.close()
+
+    assert str(raised.value) == (
+        f"Synapse does not answer on {base_url} (SSH-2.0-OpenSSH_9.2); is it running? "
+        "see: systemctl status matrix-synapse"
+    )

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from matrix_stack.cli_passwd import _passwd_offline
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.synapse_db import (
     DEFAULT_SQLITE_PATH,
@@ -28,12 +29,23 @@ from matrix_stack.synapse_db import (
     SQLITE_RESET,
     Database,
     Engine,
+    ResetCounts,
     parse_database,
     reset_password_offline,
     reset_password_sqlite,
 )
 
 SCHEMA_PATH = Path(__file__).parent.parent / "data/synapse/schema.sql"
+# Synapse's pushers table, copied from Debian sid's matrix-synapse 1.160.0,
+# synapse/storage/schema/main/full_schemas/72/full.sql.sqlite (line 100), with the columns of
+# delta/73/02add_pusher_enabled.sql, delta/73/03pusher_device_id.sql and
+# delta/85/02_add_instance_names.sql. access_token holds an access_tokens.id.
+PUSHERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS "pushers" ( id BIGINT PRIMARY KEY, user_name TEXT NOT NULL, access_token BIGINT DEFAULT NULL, profile_tag TEXT NOT NULL, kind TEXT NOT NULL, app_id TEXT NOT NULL, app_display_name TEXT NOT NULL, device_display_name TEXT NOT NULL, pushkey TEXT NOT NULL, ts BIGINT NOT NULL, lang TEXT, data TEXT, last_stream_ordering INTEGER, last_success BIGINT, failing_since BIGINT, UNIQUE (app_id, pushkey, user_name) );
+ALTER TABLE pushers ADD COLUMN enabled BOOLEAN;
+ALTER TABLE pushers ADD COLUMN device_id TEXT;
+ALTER TABLE pushers ADD COLUMN instance_name TEXT;
+"""  # noqa: E501 - Synapse's line, as it is
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
 NEW_HASH = "$2b$04$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01"
@@ -53,6 +65,9 @@ def test_sqlite_reset_statements_are_synapse_queries_with_question_marks() -> No
     assert SQLITE_RESET.update_password == "UPDATE users SET password_hash = ? WHERE name = ?"
     assert SQLITE_RESET.delete_access_tokens == "DELETE FROM access_tokens WHERE user_id = ?"
     assert SQLITE_RESET.delete_refresh_tokens == "DELETE FROM refresh_tokens WHERE user_id = ?"
+    assert SQLITE_RESET.delete_pushers == (
+        "DELETE FROM pushers WHERE user_name = ? AND access_token IS NOT NULL"
+    )
 
 
 def test_postgresql_reset_statements_are_the_same_queries_with_percent_s() -> None:
@@ -63,6 +78,14 @@ def test_postgresql_reset_statements_are_the_same_queries_with_percent_s() -> No
     assert POSTGRESQL_RESET.delete_refresh_tokens == (
         "DELETE FROM refresh_tokens WHERE user_id = %s"
     )
+    assert POSTGRESQL_RESET.delete_pushers == (
+        "DELETE FROM pushers WHERE user_name = %s AND access_token IS NOT NULL"
+    )
+
+
+def test_reset_counts_survive_the_one_int_call_as_user_returns() -> None:
+    counts = ResetCounts(access_tokens=70_000, pushers=3)
+    assert ResetCounts.from_int(counts.as_int()) == counts
 
 
 def test_reset_statements_are_keyed_by_engine() -> None:
@@ -183,7 +206,11 @@ def test_parse_database_with_a_bad_block_refuses(config: Mapping[str, Any], mess
 
 
 def fill(connection: sqlite3.Connection) -> None:
-    """Give alice and bob a password, devices, keys, tokens and a sent event each."""
+    """Give alice and bob a password, devices, keys, tokens, pushers and a sent event each.
+
+    Each has an HTTP pusher made with its first access token, one made with a token already
+    gone (refreshed away), and an email pusher made without a session (access_token NULL).
+    """
     connection.executemany(
         "INSERT INTO users (name, password_hash, creation_ts) VALUES (?, ?, 1795766819)",
         [(ALICE, "$2b$12$old-alice"), (BOB, "$2b$12$old-bob")],
@@ -218,6 +245,16 @@ def fill(connection: sqlite3.Connection) -> None:
             "INSERT INTO event_txn_id VALUES (?, '!room:example.org', ?, ?, 'txn', 1)",
             (f"$e{base}", user, base),
         )
+        connection.executemany(
+            "INSERT INTO pushers (id, user_name, access_token, profile_tag, kind, app_id,"
+            " app_display_name, device_display_name, pushkey, ts, device_id)"
+            " VALUES (?, ?, ?, '', ?, ?, 'App', 'phone', ?, 1, ?)",
+            [
+                (base, user, base, "http", "im.app", f"push{base}", f"DEV{base}"),
+                (base + 1, user, 999 + base, "http", "im.app", f"push{base + 1}", f"DEV{base}"),
+                (base + 2, user, None, "email", "m.email", f"mail{base}", None),
+            ],
+        )
 
 
 @pytest.fixture
@@ -229,6 +266,7 @@ def sqlite_root(tmp_path: Path) -> Path:
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA foreign_keys = ON")
     connection.executescript(SCHEMA_PATH.read_text(encoding="utf-8"))
+    connection.executescript(PUSHERS_SCHEMA)
     fill(connection)
     connection.commit()
     connection.close()
@@ -261,13 +299,27 @@ def test_reset_password_offline_sets_the_hash_of_that_user_only(sqlite_root: Pat
 def test_reset_password_offline_deletes_that_user_tokens_and_returns_the_count(
     sqlite_root: Path,
 ) -> None:
-    assert reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=sqlite_root) == 3
+    assert reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=sqlite_root) == (
+        ResetCounts(access_tokens=3, pushers=2)
+    )
     assert rows(sqlite_root, "SELECT user_id, token FROM access_tokens ORDER BY id") == [
         (BOB, "syt_10"),
         (BOB, "syt_11"),
         (BOB, "syt_12"),
     ]
     assert rows(sqlite_root, "SELECT user_id, token FROM refresh_tokens") == [(BOB, "syr_10")]
+
+
+def test_reset_password_offline_deletes_that_user_pushers_made_with_a_session(
+    sqlite_root: Path,
+) -> None:
+    reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=sqlite_root)
+    assert rows(sqlite_root, "SELECT user_name, pushkey FROM pushers ORDER BY id") == [
+        (ALICE, "mail1"),
+        (BOB, "push10"),
+        (BOB, "push11"),
+        (BOB, "mail10"),
+    ]
 
 
 def test_reset_password_offline_cascades_like_synapse_with_foreign_keys_on(
@@ -286,12 +338,14 @@ def test_reset_password_offline_keeps_devices_and_keys(sqlite_root: Path) -> Non
     for table in ("devices", "e2e_device_keys_json", "events"):
         assert after[table] == before[table]
     changed = {table for table in before if before[table] != after[table]}
-    assert changed == {"users", "access_tokens", "refresh_tokens", "event_txn_id"}
+    assert changed == {"users", "access_tokens", "refresh_tokens", "event_txn_id", "pushers"}
 
 
 def test_reset_password_offline_of_a_user_without_tokens_returns_zero(sqlite_root: Path) -> None:
     reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=sqlite_root)
-    assert reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=sqlite_root) == 0
+    assert reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=sqlite_root) == (
+        ResetCounts(access_tokens=0, pushers=0)
+    )
 
 
 def test_reset_password_offline_of_an_unknown_user_refuses_and_changes_nothing(
@@ -390,7 +444,9 @@ def test_reset_password_sqlite_waits_for_a_short_lock(sqlite_root: Path) -> None
     release = threading.Timer(0.2, holder.rollback)
     release.start()
     try:
-        assert reset_password_sqlite(path, DEFAULT_SQLITE_PATH, ALICE, NEW_HASH, timeout=5) == 3
+        assert reset_password_sqlite(path, DEFAULT_SQLITE_PATH, ALICE, NEW_HASH, timeout=5) == (
+            ResetCounts(access_tokens=3, pushers=2)
+        )
     finally:
         release.join()
         holder.close()
@@ -422,6 +478,8 @@ def test_reset_password_offline_on_synapse_full_schema_works(tmp_path: Path) -> 
         "delta/73/03users_approved_column.sql",
         "delta/80/01_users_alter_locked.sql",
         "delta/85/01_add_suspended.sql",
+        "delta/73/02add_pusher_enabled.sql",
+        "delta/73/03pusher_device_id.sql",
     ]
     for script in scripts:
         connection.executescript((SYNAPSE_SCHEMA / script).read_text(encoding="utf-8"))
@@ -429,7 +487,12 @@ def test_reset_password_offline_on_synapse_full_schema_works(tmp_path: Path) -> 
     connection.commit()
     connection.close()
 
-    assert reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=tmp_path) == 3
+    assert reset_password_offline(DEBIAN_DATABASE, ALICE, NEW_HASH, root=tmp_path) == (
+        ResetCounts(access_tokens=3, pushers=2)
+    )
+    assert rows(tmp_path, "SELECT user_name, pushkey FROM pushers ORDER BY id") == [
+        (ALICE, "mail1"), (BOB, "push10"), (BOB, "push11"), (BOB, "mail10")
+    ]
     assert rows(tmp_path, "SELECT password_hash FROM users WHERE name = ?", [ALICE]) == [
         (NEW_HASH,)
     ]
@@ -459,8 +522,12 @@ class FakeCursor:
         user = parameters[-1]
         if sql.startswith("UPDATE"):
             self.rowcount = 1 if user in self.users else 0
+        elif "FROM access_tokens" in sql:
+            self.rowcount = self.tokens.get(user, 0)
+        elif "FROM pushers" in sql:
+            self.rowcount = 1 if user in self.tokens else 0
         else:
-            self.rowcount = self.tokens.get(user, 0) if "access_tokens" in sql else 1
+            self.rowcount = 1
 
 
 class FakeConnection:
@@ -483,7 +550,7 @@ class FakeConnection:
 
 
 class FakePsycopg2(types.ModuleType):
-    """Records connect() and the statements; knows alice (2 tokens) and bob."""
+    """Records connect() and the statements; knows alice (2 tokens, 1 pusher) and bob."""
 
     Error = FakePsycopg2Error
 
@@ -520,12 +587,19 @@ def fake_psycopg2(monkeypatch: pytest.MonkeyPatch) -> FakePsycopg2:
 def test_reset_password_offline_on_postgresql_runs_percent_s_sql_in_one_transaction(
     fake_psycopg2: FakePsycopg2,
 ) -> None:
-    assert reset_password_offline(POSTGRESQL_CONFIG, ALICE, NEW_HASH) == 2
+    assert reset_password_offline(POSTGRESQL_CONFIG, ALICE, NEW_HASH) == (
+        ResetCounts(access_tokens=2, pushers=1)
+    )
     assert fake_psycopg2.log == [
         ("connect", {"user": "synapse", "password": "db-s3cret", "dbname": "synapse"}),
         ("execute", "UPDATE users SET password_hash = %s WHERE name = %s", (NEW_HASH, ALICE)),
         ("execute", "DELETE FROM access_tokens WHERE user_id = %s", (ALICE,)),
         ("execute", "DELETE FROM refresh_tokens WHERE user_id = %s", (ALICE,)),
+        (
+            "execute",
+            "DELETE FROM pushers WHERE user_name = %s AND access_token IS NOT NULL",
+            (ALICE,),
+        ),
         ("commit",),
         ("close",),
     ]
@@ -653,6 +727,8 @@ def load_synapse_schema(args: Mapping[str, Any], socket: Path) -> None:
         "main/delta/73/03users_approved_column.sql",
         "main/delta/80/01_users_alter_locked.sql",
         "main/delta/85/01_add_suspended.sql",
+        "main/delta/73/02add_pusher_enabled.sql",
+        "main/delta/73/03pusher_device_id.sql",
     ]:
         cursor.execute((schema / script).read_text(encoding="utf-8"))
     cursor.execute(
@@ -671,6 +747,14 @@ def load_synapse_schema(args: Mapping[str, Any], socket: Path) -> None:
         (ALICE, ALICE, BOB),
     )
     cursor.execute("INSERT INTO devices (user_id, device_id) VALUES (%s, 'D1')", (ALICE,))
+    cursor.execute(
+        "INSERT INTO pushers (id, user_name, access_token, profile_tag, kind, app_id,"
+        " app_display_name, device_display_name, pushkey, ts) VALUES"
+        " (1, %s, 1, '', 'http', 'im.app', 'App', 'phone', 'p1', 1),"
+        " (2, %s, NULL, '', 'email', 'm.email', 'App', 'phone', 'm1', 1),"
+        " (3, %s, 3, '', 'http', 'im.app', 'App', 'phone', 'p3', 1)",
+        (ALICE, ALICE, BOB),
+    )
     connection.commit()
     connection.close()
 
@@ -683,7 +767,7 @@ def test_reset_password_offline_on_postgresql_with_synapse_schema_works(
     postgresql: dict[str, Any],
 ) -> None:
     config = {"database": {"name": "psycopg2", "args": postgresql}}
-    assert reset_password_offline(config, ALICE, NEW_HASH) == 2
+    assert reset_password_offline(config, ALICE, NEW_HASH) == ResetCounts(2, 1)
     with pytest.raises(MatrixStackError, match="^no user @x:y on this server$"):
         reset_password_offline(config, "@x:y", NEW_HASH)
     psycopg2 = importlib.import_module("psycopg2")
@@ -695,6 +779,7 @@ def test_reset_password_offline_on_postgresql_with_synapse_schema_works(
         ("access_tokens", "user_id, token"),
         ("refresh_tokens", "user_id, token"),
         ("devices", "user_id, device_id"),
+        ("pushers", "user_name, pushkey"),
     ]:
         cursor.execute(f"SELECT {columns} FROM {table} ORDER BY 1, 2")
         found[table] = cursor.fetchall()
@@ -704,4 +789,27 @@ def test_reset_password_offline_on_postgresql_with_synapse_schema_works(
         "access_tokens": [(BOB, "t3")],
         "refresh_tokens": [(BOB, "r2")],
         "devices": [(ALICE, "D1")],
+        "pushers": [(ALICE, "m1"), (BOB, "p3")],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# matrix-stack-admin passwd --offline
+# ---------------------------------------------------------------------------------------------
+
+
+def test_passwd_offline_says_in_one_line_how_many_sessions_and_pushers_ended(
+    sqlite_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    homeserver = sqlite_root / "etc/matrix-synapse/homeserver.yaml"
+    homeserver.parent.mkdir(parents=True)
+    homeserver.write_text("bcrypt_rounds: 4\n", encoding="utf-8")
+    password_file = tmp_path / "password"
+    password_file.write_text("a new password\n", encoding="utf-8")
+
+    assert _passwd_offline(ALICE, str(password_file), False, root=sqlite_root) == 0
+
+    assert capsys.readouterr().out == (
+        f"password of {ALICE} changed offline; 3 session(s) ended, 2 pusher(s) removed\n"
+        "start Synapse again: systemctl start matrix-synapse\n"
+    )

@@ -1,0 +1,90 @@
+"""restore: the free space each staging destination needs is checked before anything is copied."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from matrix_stack import answers, db_migrate, restore
+from matrix_stack.backup_archive import POSTGRESQL_MEMBER, SQLITE_MEMBER, Manifest
+from matrix_stack.errors import MatrixStackError
+from tests.unit.test_backup import manifest
+
+MIB = 2**20
+
+
+def archive_of(tmp_path: Path, engine: str = "sqlite") -> Manifest:
+    """A manifest of 5 MiB of media and a 4 MiB database under tmp_path/lib."""
+    media = tmp_path / "lib" / "media"
+    database = SQLITE_MEMBER if engine == "sqlite" else POSTGRESQL_MEMBER
+    return manifest(
+        engine=engine,
+        media_path=str(media),
+        sqlite_path=str(tmp_path / "lib" / "homeserver.db") if engine == "sqlite" else "",
+        database_bytes=4 * MIB,
+        members={
+            database: {"sha256": "0", "size": 2 * MIB},
+            "files" + str(media / "local_content" / "a"): {"sha256": "0", "size": 3 * MIB},
+            "files" + str(media / "local_content" / "b"): {"sha256": "0", "size": 2 * MIB},
+            "files/etc/matrix-stack/stack.yaml": {"sha256": "0", "size": 100},
+        },
+    )
+
+
+def test_staging_needs_name_each_destination_of_a_sqlite_archive(tmp_path: Path) -> None:
+    needs = restore.staging_needs(archive_of(tmp_path), tmp_path / "keep")
+    assert needs == {tmp_path / "lib": 9 * MIB}
+
+
+def test_staging_needs_name_each_destination_of_a_postgresql_archive(tmp_path: Path) -> None:
+    needs = restore.staging_needs(archive_of(tmp_path, "postgresql"), tmp_path / "keep")
+    assert needs == {tmp_path / "lib": 5 * MIB, tmp_path / "keep": 2 * MIB,
+                     db_migrate.POSTGRESQL_DATA_DIR: 4 * MIB}
+
+
+def fake_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int) -> list[str]:
+    """Run restore() up to staging, on a filesystem with free bytes; return what was staged."""
+    archive = archive_of(tmp_path)
+    monkeypatch.setattr(restore, "verify", lambda _archive, _progress: archive)
+    monkeypatch.setattr(restore, "check_paths", lambda _manifest, _archive: None)
+    monkeypatch.setattr(answers, "read_stack", lambda: {"server_name": archive.server_name})
+    monkeypatch.setattr(restore, "KEEP_ROOT", tmp_path / "keep")
+    staged: list[str] = []
+
+    def stage(*_arguments: object) -> None:
+        staged.append("staged")
+        raise MatrixStackError("stopped after staging")
+
+    monkeypatch.setattr(restore, "stage", stage)
+    monkeypatch.setattr(os, "statvfs", lambda _path: SimpleNamespace(
+        f_frsize=1, f_blocks=100 * MIB, f_bfree=free, f_bavail=free))
+    return staged
+
+
+def test_restore_without_room_beside_the_media_store_refuses_before_copying_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged = fake_restore(tmp_path, monkeypatch, free=8 * MIB)
+
+    with pytest.raises(MatrixStackError) as refusal:
+        restore.restore(Path("backup.tar"), lambda _line: None)
+
+    assert str(refusal.value).startswith(
+        f"{tmp_path} has 8 MiB free; the backup needs about 10 MiB")
+    assert "\n" not in str(refusal.value)
+    assert staged == []
+    assert not (tmp_path / "keep").exists()
+
+
+def test_restore_with_room_goes_on_to_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged = fake_restore(tmp_path, monkeypatch, free=10 * MIB)
+
+    with pytest.raises(MatrixStackError, match="stopped after staging"):
+        restore.restore(Path("backup.tar"), lambda _line: None)
+
+    assert staged == ["staged"]

@@ -495,7 +495,9 @@ def test_purge_removes_everything_of_ours_and_keeps_synapse_data(
     assert "000-default.conf" in ct.run(["ls", "/etc/apache2/sites-enabled"]).stdout.split()
     wait_for(lambda: ct.run(["systemctl", "is-active", "apache2"], check=False).stdout.strip()
              == "active", timeout=30, what="apache2 active after purge")
+    # The other site goes, and with it what kept mod_ssl on: the admin's to turn off.
     ct.run(["a2dissite", "-q", "default-ssl"])
+    ct.run(["a2dismod", "-q", "ssl", "socache_shmcb"])
     # What apt installed for matrix-stack alone goes with autoremove; then only Synapse's
     # own data and the package system's bookkeeping differ from before the install.
     ct.run([*stack.APT, "autoremove", "--purge"])

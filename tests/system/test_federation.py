@@ -394,7 +394,8 @@ def test_encoded_slashes_reach_synapse_unchanged_on_443_and_8448(
                          "?server_name=b.example.test", {}, token=ops)
     assert status == 200, body
     make_join = f"/_matrix/federation/v1/make_join/{quote(room_on_b)}/"
-    assert f"{make_join}%40alice%2Fops%3Aa.example.test?" in b.synapse_log()
+    wait_for(lambda: f"{make_join}%40alice%2Fops%3Aa.example.test?" in b.synapse_log(),
+             timeout=30, what="B's log of the signed make_join with %2F in its path")
     send(a, ops, room_on_b, "from a user with a slash")
     arrives(b, room["bob"], room_on_b, "from a user with a slash")
 

@@ -1,36 +1,51 @@
-"""From Settings to a running stack: render, validate, write, restart only what changed."""
+"""From Settings to a running stack: render, validate, write, restart only what changed.
+
+One apply is one transaction. Every file it may write is saved before it is written, and the
+units to restart are recorded (system.PENDING_RESTARTS_PATH) before the first write. On any
+failure every file is put back, every unit whose files were put back or that was restarted
+meanwhile is restarted on the old files, and one line says what state that leaves.
+"""
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matrix_stack import files, postgres, services, tls
+from matrix_stack import files, postgres
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import Outcome, Plan, UcfState
 from matrix_stack.host import gather_facts
-from matrix_stack.render import (
-    APACHE_SITE_PATH,
-    ELEMENT_ROOT,
-    SYNAPSE_CONF_PATH,
-    TURNSERVER_CONF_PATH,
-    render_all,
-)
-from matrix_stack.secrets import ensure_secrets, read_secrets
-from matrix_stack.servername import ensure_server_name
+from matrix_stack.render import APACHE_SITE_PATH, ELEMENT_ROOT, SYNAPSE_CONF_PATH, render_all
+from matrix_stack.secrets import Secrets, ensure_secrets, read_secrets
+from matrix_stack.servername import SERVER_NAME_PATH, server_name_changes, write_server_name
+from matrix_stack.services import APACHE_SITE
 from matrix_stack.settings import BackupSchedule, Settings
-from matrix_stack.tls import check_certificate_files, ensure_self_signed
+from matrix_stack.system import (
+    NOTHING_CHANGED,
+    PENDING_RESTARTS_PATH,
+    System,
+    describe_failure,
+    describe_state,
+    in_order,
+    restart_pending,
+    system_for,
+    units_of,
+    write_pending,
+)
+from matrix_stack.tls import (
+    SELF_SIGNED_CERT_PATH,
+    SELF_SIGNED_KEY_PATH,
+    check_certificate_files,
+    make_self_signed,
+    self_signed_needed,
+)
+from matrix_stack.undo import Undo
 
-# Which unit reads each generated file; files served as they are need no reload.
-UNIT_OF_PATH = {
-    SYNAPSE_CONF_PATH: "matrix-synapse",
-    TURNSERVER_CONF_PATH: "coturn",
-    APACHE_SITE_PATH: "apache2",
-}
 PLACEHOLDER_DIR = Path("/usr/share/matrix-stack/element-placeholder")
+UCF_RECORDS = (files.UCF_STATE_PATH / "hashfile", files.UCF_STATE_PATH / "registry")
 
 
 @dataclass
@@ -91,6 +106,23 @@ def ensure_element_root(root: Path) -> None:
     current.symlink_to(PLACEHOLDER_DIR)
 
 
+def plan_files(settings: Settings, root: Path, secrets: Secrets, ucf: UcfState) -> list[Plan]:
+    """Return what writing each rendered file would do."""
+    specs = render_all(settings, secrets, gather_facts(settings, root))
+    return [files.plan_file(spec, root, ucf) for spec in specs]
+
+
+def written_paths(plans: Iterable[Plan]) -> list[Path]:
+    """Return every path writing plans changes: live files, and the .ucf-dist beside kept ones."""
+    paths = []
+    for plan in plans:
+        if plan.outcome.changes_live_file:
+            paths.append(plan.spec.path)
+        elif plan.outcome is Outcome.KEPT_LOCAL:
+            paths.append(plan.spec.path.with_name(plan.spec.path.name + files.DIST_SUFFIX))
+    return paths
+
+
 def apply(
     settings: Settings,
     *,
@@ -100,96 +132,158 @@ def apply(
     validate_synapse: Callable[[str, str], None] | None = None,
     set_synapse_answer: Callable[[str], None] | None = None,
     prepare_database: Callable[[Settings, Path], list[str]] | None = None,
+    database_ready: bool = False,
+    system: System | None = None,
+    write_plan: Callable[[Plan, Path], None] = files.apply_plan,
 ) -> Report:
     """Bring the generated files and services in line with settings.
 
-    A configuration that Synapse or Apache refuses leaves the previous files live.
+    First restart what an interrupted apply left pending, then check the database switch
+    (postgres.prepare; skipped when database_ready: the caller checked it). A configuration
+    that Synapse or Apache refuses, or any other failure, leaves the previous files live.
     """
+    if dry_run:
+        return Report(plans=plan_files(settings, root, read_secrets(root), UcfState(root)))
+    system = system or system_for(root)
     report = Report()
-    if not dry_run and (prepare_database is not None or root == Path("/")):
+    report.actions, left_pending = restart_pending(system, root)
+    if not database_ready and (prepare_database is not None or root == Path("/")):
         # Before anything is written: a missing PostgreSQL or a switch losing data changes nothing.
         report.actions += (prepare_database or postgres.prepare)(settings, root)
-    name_written = False if dry_run else ensure_server_name(settings, root, set_synapse_answer)
-    secrets = read_secrets(root) if dry_run else ensure_secrets(root)
-    certificate_changed = False if dry_run else ensure_self_signed(settings, root)
-    specs = render_all(settings, secrets, gather_facts(settings, root))
-    ucf = UcfState(root, debconf_ok=debconf_ok)
-    plans = [files.plan_file(spec, root, ucf) for spec in specs]
-    report.plans = plans
-    if dry_run:
-        return report
-
-    check_certificate_files(settings, root)
-    changed = [plan for plan in plans if plan.outcome.changes_live_file]
-    synapse_plan = next((p for p in changed if p.spec.path == SYNAPSE_CONF_PATH), None)
-    if synapse_plan is not None:
-        check = validate_synapse or services.validate_synapse
-        check(synapse_plan.spec.text, SYNAPSE_CONF_PATH.name)
-
-    ensure_element_root(root)
-    written: list[Plan] = []
-    newly_enabled: tuple[str, ...] = ()
+    attempt = Attempt(settings, root, system, left_pending)
     try:
-        for plan in plans:
-            files.apply_plan(plan, root)
-            if plan.outcome.changes_live_file:
-                written.append(plan)
-        if root == Path("/"):
-            newly_enabled = services.ensure_apache_enabled(settings, root)
-            apache_touched = certificate_changed or newly_enabled or any(
-                p.spec.path == APACHE_SITE_PATH for p in written
-            )
-            if apache_touched:
-                services.validate_apache()
-    except MatrixStackError:
-        for plan in written:
-            files.restore(plan, root)
-        tls.restore_self_signed(root)
-        if f"site:{services.APACHE_SITE}" in newly_enabled:
-            services.disable_apache_site()
-        raise
+        attempt.run(report, validate_synapse or system.validate_synapse, set_synapse_answer,
+                    debconf_ok, write_plan)
+    except BaseException as error:
+        outcome = attempt.roll_back(error)
+        if outcome is error:
+            raise
+        raise outcome from None
+    return report
 
-    units = {UNIT_OF_PATH[p.spec.path] for p in written if p.spec.path in UNIT_OF_PATH}
-    if certificate_changed:
-        units |= {"apache2", "coturn"}
-    if name_written:
-        units.add("matrix-synapse")
-    if newly_enabled:
-        units.add("apache2")
-    if not settings.turn_enable:
-        units.discard("coturn")
-    order = [unit for unit in ("matrix-synapse", "coturn", "apache2") if unit in units]
-    failed: list[str] = []
-    if root == Path("/"):
-        restarted, failed = services.restart(order)
+
+class Attempt:
+    """One apply's writes and restarts, and what it takes to undo them."""
+
+    def __init__(self, settings: Settings, root: Path, system: System, pending: list[str]):
+        self.settings = settings
+        self.root = root
+        self.system = system
+        self.undo = Undo(root)
+        self.pending = pending  # recorded before the first write; an earlier run's come first
+        self.restarted: list[str] = []  # restarted (or tried) on the new files
+        self.site_enabled = False
+
+    def restartable(self, units: Iterable[str]) -> list[str]:
+        """Return units in restart order; coturn only while TURN is on (else it stays stopped)."""
+        return in_order(unit for unit in units if unit != "coturn" or self.settings.turn_enable)
+
+    def expect(self, paths: Iterable[Path], units: Iterable[str] = ()) -> None:
+        """Before writing paths: save them, and record their units (and units) as pending."""
+        paths = list(paths)
+        self.undo.save(*paths)
+        wanted = self.restartable([*self.pending, *units, *units_of(paths)])
+        if wanted != self.pending:
+            write_pending(wanted, self.root)
+            self.pending = wanted
+
+    def run(
+        self,
+        report: Report,
+        validate_synapse: Callable[[str, str], None],
+        set_synapse_answer: Callable[[str], None] | None,
+        debconf_ok: bool,
+        write_plan: Callable[[Plan, Path], None],
+    ) -> None:
+        settings, root, system = self.settings, self.root, self.system
+        if server_name_changes(settings, root):
+            self.expect([SERVER_NAME_PATH])
+            write_server_name(settings, root, set_synapse_answer)
+        secrets = ensure_secrets(root)
+        ucf = UcfState(root, debconf_ok=debconf_ok)
+        report.plans = plans = plan_files(settings, root, secrets, ucf)
+        check_certificate_files(settings, root)
+        synapse_plan = next((plan for plan in plans if plan.spec.path == SYNAPSE_CONF_PATH), None)
+        if synapse_plan is not None and synapse_plan.outcome.changes_live_file:
+            validate_synapse(synapse_plan.spec.text, SYNAPSE_CONF_PATH.name)
+
+        new_certificate = self_signed_needed(settings, root)
+        if new_certificate:
+            self.expect([SELF_SIGNED_KEY_PATH, SELF_SIGNED_CERT_PATH])
+            make_self_signed(settings, root)
+        ensure_element_root(root)
+        self.expect(written_paths(plans))
+        for plan in plans:
+            try:
+                write_plan(plan, root)
+            except OSError as error:
+                raise MatrixStackError(
+                    f"cannot write {plan.spec.path} ({error.strerror or error})"
+                ) from error
+        newly_enabled = system.enable_apache(settings, root)
+        self.site_enabled = f"site:{APACHE_SITE}" in newly_enabled
+        if newly_enabled:
+            self.expect([], ["apache2"])
+        site_written = APACHE_SITE_PATH in written_paths(plans)
+        if new_certificate or newly_enabled or site_written:
+            system.validate_apache()
+
+        self.restarted = list(self.pending)
+        restarted, failed = system.restart(self.pending) if self.pending else ([], [])
         report.actions += restarted
-        report.actions += services.set_turn_service(settings.turn_enable, root)
-        report.actions += services.set_backup_timer(
+        report.actions += system.set_turn_service(settings.turn_enable, root)
+        report.actions += system.set_backup_timer(
             settings.backup_schedule is BackupSchedule.DAILY
         )
-    if failed:
-        hint = "; ".join(f"see: journalctl -u {unit}" for unit in failed)
-        if not services.in_maintainer_script():
-            for plan in written:
-                files.restore(plan, root)
-            tls.restore_self_signed(root)
-            services.restart(failed)
-            raise MatrixStackError(
-                f"{', '.join(failed)} failed to start with the new configuration; the previous "
-                f"files are back in place ({hint})"
-            )
-        # As debhelper's own snippets do: say so, but do not fail the package configuration.
-        report.actions.append(f"warning: {', '.join(failed)} failed to start ({hint})")
+        if failed:
+            hint = "; ".join(f"see: journalctl -u {unit}" for unit in failed)
+            if not system.in_maintainer_script():
+                raise MatrixStackError(
+                    f"{', '.join(failed)} failed to start with the new configuration ({hint})"
+                )
+            # As debhelper's own snippets do: say so, but do not fail the package configuration.
+            report.actions.append(f"warning: {', '.join(failed)} failed to start ({hint})")
+        # ucf records a file as ours, as written, only once it is live.
+        self.undo.save(*UCF_RECORDS)
+        for plan in plans:
+            if plan.outcome.changes_live_file or (
+                plan.outcome is Outcome.UNCHANGED
+                and ucf.registered_md5(plan.spec.path) != files.md5_text(plan.spec.text)
+            ):
+                ucf.register(plan.spec)
+        write_pending(failed, root)
+        self.pending = failed
 
-    tls.forget_previous_self_signed(root)
-    # ucf records a file as ours, as written, only once it is live.
-    for plan in plans:
-        if plan.outcome.changes_live_file or (
-            plan.outcome is Outcome.UNCHANGED
-            and ucf.registered_md5(plan.spec.path) != files.md5_text(plan.spec.text)
-        ):
-            ucf.register(plan.spec)
-    return report
+    def roll_back(self, error: BaseException) -> BaseException:
+        """Put every file back, restart the units of those put back and those restarted since;
+        return what to raise: the same error saying what it left, one line for an interrupt
+        or an OSError, a bug's own exception with a note."""
+        reverted, problems = self.undo.put_back()
+        units = units_of(reverted)
+        if self.site_enabled:
+            try:
+                self.system.disable_apache_site()
+            except MatrixStackError as disable_error:
+                problems[APACHE_SITE_PATH] = f"still enabled: {disable_error}"
+            units.append("apache2")
+        units = self.restartable([*units, *self.restarted])
+        _lines, failed = self.system.restart(units) if units else ([], [])
+        try:
+            write_pending(self.restartable([*failed, *units_of(problems)]), self.root)
+        except OSError as pending_error:
+            problems[PENDING_RESTARTS_PATH] = str(pending_error.strerror or pending_error)
+        restarted = [unit for unit in units if unit not in failed]
+        state = describe_state(reverted, problems, restarted, failed)
+        if isinstance(error, MatrixStackError):
+            if state != NOTHING_CHANGED:
+                # The same error (its type sets the exit code), saying what it left.
+                error.args = (f"{error}: {state}",)
+            return error
+        failure = describe_failure(error)
+        if failure is None:  # a bug: its traceback, and what it left
+            error.add_note(f"matrix-stack: {state}")
+            return error
+        return MatrixStackError(f"apply {failure}: {state}")
 
 
 def ensure_root() -> None:

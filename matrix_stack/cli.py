@@ -79,11 +79,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def run_apply(arguments: argparse.Namespace) -> int:
-    from matrix_stack import answers
     from matrix_stack.apply import apply, diff, ensure_root
+    from matrix_stack.stack import current_settings
 
     ensure_root()
-    settings = answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    settings = current_settings()
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     report = apply(settings, dry_run=arguments.dry_run)

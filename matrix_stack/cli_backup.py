@@ -46,17 +46,17 @@ def progress(line: str) -> None:
 
 
 def run_backup(arguments: argparse.Namespace) -> int:
-    from matrix_stack import answers, backup
+    from matrix_stack import backup
     from matrix_stack.apply import ensure_root
     from matrix_stack.errors import UsageError
+    from matrix_stack.stack import current_settings
 
     ensure_root()
-    stack = answers.read_stack()
-    settings = answers.load_settings(stack, str(answers.STACK_PATH))
+    settings = current_settings()
     if arguments.keep is not None and arguments.keep < 1:
         raise UsageError("--keep must be 1 or more")
     if arguments.schedule:
-        return schedule(arguments, stack)
+        return schedule(arguments)
     directory = arguments.directory or Path(settings.backup_dir)
     keep = settings.backup_keep if arguments.scheduled else arguments.keep
     with backup.exclusive_lock():
@@ -72,19 +72,21 @@ def run_backup(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def schedule(arguments: argparse.Namespace, stack: dict[str, Any]) -> int:
-    from matrix_stack import answers
-    from matrix_stack.apply import apply
+def schedule(arguments: argparse.Namespace) -> int:
+    from matrix_stack.stack import change
 
-    new_stack = {**stack, "backup_schedule": arguments.schedule}
-    if arguments.directory is not None:
-        new_stack["backup_dir"] = str(arguments.directory.absolute())
-    if arguments.keep is not None:
-        new_stack["backup_keep"] = arguments.keep
-    settings = answers.load_settings(new_stack, "command line")
-    answers.write_stack(new_stack)
-    for line in apply(settings).lines():
+    def edit(stack: dict[str, Any]) -> dict[str, Any]:
+        stack["backup_schedule"] = arguments.schedule
+        if arguments.directory is not None:
+            stack["backup_dir"] = str(arguments.directory.absolute())
+        if arguments.keep is not None:
+            stack["backup_keep"] = arguments.keep
+        return stack
+
+    changed = change(edit, source="command line")
+    for line in changed.lines:
         print(line)
+    settings = changed.settings
     if arguments.schedule == "daily":
         print(f"daily backup on: into {settings.backup_dir}, keeping {settings.backup_keep} "
               "(systemctl list-timers matrix-stack-backup.timer)")

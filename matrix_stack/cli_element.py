@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matrix_stack.errors import MatrixStackError, UsageError
+
+if TYPE_CHECKING:  # imported when needed: the command line starts faster
+    from matrix_stack.settings import Settings
 
 # The postinst never waits longer than this for Element (a slow or offline network).
 POSTINST_SECONDS = 60.0
@@ -69,9 +72,9 @@ def add_commands(commands: Any) -> None:
 
 
 def _settings() -> Any:
-    from matrix_stack import answers
+    from matrix_stack.stack import current_settings
 
-    return answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    return current_settings()
 
 
 def _downloader() -> Any:
@@ -163,16 +166,18 @@ def run_rollback(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def postinst_lines(root: Path = Path("/")) -> list[str]:
+def postinst_lines(root: Path = Path("/"), settings: Settings | None = None) -> list[str]:
     """Install the configured Element if none (or another pinned version) is served.
 
-    Never raises: the package configuration must not fail for lack of a network.
+    settings: those the postinst just applied (default: stack.yaml's). Never raises: the
+    package configuration must not fail for lack of a network.
     """
-    from matrix_stack import answers, element
+    from matrix_stack import element
     from matrix_stack.element_download import Deadline, Downloader
+    from matrix_stack.stack import current_settings
 
     try:
-        settings = answers.load_settings(answers.read_stack(root), "debconf", root)
+        settings = settings or current_settings(root)
         current = element.installed(root).current
         if current is not None and settings.element_version in ("latest", current):
             return []

@@ -103,9 +103,9 @@ def add_commands(commands: Any) -> None:
 
 
 def _settings() -> Any:
-    from matrix_stack import answers
+    from matrix_stack.stack import current_settings
 
-    return answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    return current_settings()
 
 
 def run_list(arguments: argparse.Namespace) -> int:
@@ -166,11 +166,11 @@ def run_mode(arguments: argparse.Namespace) -> int:
 
 def own_server_name() -> str | None:
     """Return this server's name from stack.yaml, else from Synapse's own file."""
-    from matrix_stack import answers
     from matrix_stack.servername import synapse_server_name
+    from matrix_stack.stack import read_stack
 
     try:
-        name = answers.read_stack().get("server_name")
+        name = read_stack().get("server_name")
     except MatrixStackError:
         name = None
     return str(name).lower() if name else synapse_server_name()

@@ -89,10 +89,10 @@ def _session() -> Any:
 
 
 def run_new(arguments: argparse.Namespace) -> int:
-    from matrix_stack import answers
+    from matrix_stack.stack import current_settings
     from matrix_stack.synapse_api import new_registration_token
 
-    settings = answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    settings = current_settings()
     if settings.registration != "token":
         raise MatrixStackError(
             f"registration is '{settings.registration}', so nobody is asked for a token; "

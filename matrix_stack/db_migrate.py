@@ -17,8 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from matrix_stack import answers, postgres, secrets
-from matrix_stack.apply import apply
+from matrix_stack import postgres, secrets, stack
 from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
@@ -166,13 +165,13 @@ def interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def switch_to(stack: dict[str, Any], mode: DatabaseMode) -> Settings:
-    """Write mode to stack.yaml and apply it (no PostgreSQL checks: the caller made them)."""
-    new_stack = {**stack, "database": str(mode)}
-    settings = answers.load_settings(new_stack, str(answers.STACK_PATH))
-    answers.write_stack(new_stack)
-    apply(settings, prepare_database=lambda _settings, _root: [])
-    return settings
+def switch_to(new_stack: dict[str, Any]) -> None:
+    """Make stack.yaml new_stack and apply it, as one transaction.
+
+    Without postgres.prepare: the migration made its checks, and on the way back it would
+    refuse SQLite, since PostgreSQL is live then (holding only a copy of the SQLite data).
+    """
+    stack.change(lambda _current: new_stack, database_ready=True)
 
 
 def migrate(
@@ -186,8 +185,8 @@ def migrate(
     remote: database_host, database_port, database_name, database_user of a remote server
     (its password, when given, is stored first); None: PostgreSQL on this host.
     """
-    stack = answers.read_stack()
-    settings = answers.load_settings(stack, str(answers.STACK_PATH))
+    old_stack = stack.read_stack()
+    settings = stack.load_settings(old_stack, str(stack.STACK_PATH))
     if settings.database is DatabaseMode.POSTGRESQL:
         raise MatrixStackError("database is already postgresql in stack.yaml")
     sqlite = synapse_has_database()
@@ -196,8 +195,8 @@ def migrate(
             f"{SYNAPSE_SQLITE_PATH} holds no data: answer postgresql instead, with: "
             "dpkg-reconfigure matrix-stack"
         )
-    new_stack = {**stack, **(remote or {"database_host": ""}), "database": "postgresql"}
-    target = Target(answers.load_settings(new_stack, "command line"))
+    new_stack = {**old_stack, **(remote or {"database_host": ""}), "database": "postgresql"}
+    target = Target(stack.load_settings(new_stack, "command line"))
     if password is not None:
         secrets.store_database_password(password)
     elif target.settings.remote_database and not secrets.has_database_password():
@@ -229,7 +228,7 @@ def migrate(
             progress(f"copied in {time.monotonic() - started:.0f} s; checking the counts")
             verify(before, target)
             progress("switching Synapse to PostgreSQL")
-            switch_to(new_stack, DatabaseMode.POSTGRESQL)
+            switch_to(new_stack)
             systemctl("start")
             if not wait_until_answering(synapse or Synapse(), 120, time.sleep):
                 raise MatrixStackError("Synapse did not answer on PostgreSQL within 120 s")
@@ -237,7 +236,7 @@ def migrate(
         except BaseException as error:
             interrupted = isinstance(error, KeyboardInterrupt)
             progress(f"{'interrupted' if interrupted else 'failed'}: going back to SQLite")
-            restore(stack)
+            restore(old_stack)
             back = (f"Synapse runs on SQLite again, {sqlite} untouched; empty {target} before "
                     "trying again")
             if interrupted:
@@ -273,13 +272,9 @@ def verify(before: Counts, target: Target) -> None:
         raise MatrixStackError(f"PostgreSQL holds {after}, SQLite held {before}")
 
 
-def restore(stack: dict[str, Any]) -> None:
+def restore(old_stack: dict[str, Any]) -> None:
     """Put the SQLite configuration back and start Synapse on it."""
     try:
-        answers.write_stack(stack)
-        # Past postgres.prepare, which refuses SQLite once PostgreSQL is live and holds data:
-        # here the SQLite file is untouched and PostgreSQL holds only a copy of it.
-        apply(answers.load_settings(stack, str(answers.STACK_PATH)),
-              prepare_database=lambda _settings, _root: [])
+        switch_to(old_stack)
     finally:
         systemctl("start")

@@ -241,11 +241,11 @@ def check_backup(settings: Any, now: float | None = None) -> list[Check]:
 
 
 def run_doctor(arguments: argparse.Namespace) -> int:
-    from matrix_stack import answers
     from matrix_stack.apply import ensure_root
+    from matrix_stack.stack import current_settings
 
     ensure_root()
-    settings = answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    settings = current_settings()
     checks: list[Check] = []
     steps: tuple[Callable[[], list[Check]], ...] = (
         lambda: check_services(settings), lambda: check_ports(settings),

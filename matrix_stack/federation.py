@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matrix_stack import answers
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.settings import (
     FederationMode,
@@ -157,26 +156,20 @@ def change_stack(
     root: Path = Path("/"),
     apply_settings: Callable[[Settings], list[str]] | None = None,
 ) -> tuple[Change, list[str]]:
-    """Edit stack.yaml, validate it, write it and apply it; restore it if the apply fails.
+    """Change stack.yaml with edit and apply it (stack.change); a no-op edit applies nothing.
 
     Return the change and the apply report's lines.
     """
-    from matrix_stack.apply import apply
+    from matrix_stack.stack import change
 
-    old = answers.read_stack(root)
-    change = edit(dict(old))
-    source = str(answers.STACK_PATH)
-    settings = answers.load_settings(change.stack, source, root)
-    if change.stack == old:
-        return change, []
+    changes: list[Change] = []
 
-    def default_apply(new_settings: Settings) -> list[str]:
-        return apply(new_settings, root=root).lines()
+    def edit_stack(stack: Stack) -> Stack:
+        changes.append(edit(stack))
+        return changes[-1].stack
 
-    answers.write_stack(change.stack, root)
-    try:
-        lines = (apply_settings or default_apply)(settings)
-    except MatrixStackError:
-        answers.write_stack(old, root)
-        raise
-    return change, [*(f"warning: {warning}" for warning in settings.warnings), *lines]
+    changed = change(edit_stack, root=root, apply_settings=apply_settings, only_if_changed=True)
+    if not changed.applied:
+        return changes[-1], []
+    warnings = [f"warning: {warning}" for warning in changed.settings.warnings]
+    return changes[-1], [*warnings, *changed.lines]

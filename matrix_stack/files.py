@@ -181,20 +181,31 @@ def write_atomic(spec: FileSpec, root: Path, *, text: str | None = None) -> None
     target = host_path(spec.path, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     ids = lookup_ids(spec.owner, spec.group) if sets_ownership(root) else None
+    replace_file(target, (spec.text if text is None else text).encode("utf-8"), spec.mode, ids)
+
+
+def replace_file(target: Path, data: bytes, mode: int, ids: tuple[int, int] | None) -> None:
+    """Replace target with data atomically: temp file beside it, chown (ids), chmod, fsync,
+    rename, fsync of the directory."""
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
-        if ids is not None:
+        if ids is not None and ids != (os.geteuid(), os.getegid()):
             os.fchown(descriptor, *ids)
-        os.fchmod(descriptor, spec.mode)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(spec.text if text is None else text)
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_directory(target.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the renames in a directory durable."""
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)
     finally:
@@ -214,16 +225,6 @@ def apply_plan(plan: Plan, root: Path) -> None:
             plan.spec.group,
         )
         write_atomic(dist, root)
-
-
-def restore(plan: Plan, root: Path) -> None:
-    """Put back the text a plan replaced (after a failed validation)."""
-    if not plan.outcome.changes_live_file:
-        return
-    if plan.current is None:
-        host_path(plan.spec.path, root).unlink(missing_ok=True)
-    else:
-        write_atomic(plan.spec, root, text=plan.current)
 
 
 @contextmanager

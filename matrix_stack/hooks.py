@@ -9,52 +9,81 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from matrix_stack import answers, postgres
+from matrix_stack import answers, postgres, secrets
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.settings import Settings
+from matrix_stack.stack import change
+from matrix_stack.system import System, restart_pending, system_for
 
 PROGRAM = "matrix-stack"
 ADMIN_PASSWORD_QUESTION = "matrix-stack/admin-password"
+
+# Checks a new PostgreSQL password, given the settings and a passfile holding it.
+PasswordCheck = Callable[[Settings, Path], object]
+
+
+@dataclass(frozen=True)
+class Configured:
+    """The Settings the postinst applied (its later steps use them), and the report lines."""
+
+    settings: Settings
+    lines: list[str]
 
 
 def configure(
     debconf: answers.DebconfLike,
     root: Path = Path("/"),
     set_synapse_answer: Callable[[str], None] | None = None,
-) -> list[str]:
-    """Validate the answers, keep them in stack.yaml, apply them; return the report lines."""
-    stack_exists = (root / answers.STACK_PATH.relative_to("/")).exists()
-    stack = answers.read_stack(root) if stack_exists else {}
-    stack.update(answers.yaml_from_debconf(debconf))
-    settings = answers.load_settings(stack, "debconf", root)
-    store_database_password(debconf, settings, root)
-    # Before stack.yaml is written: a missing PostgreSQL or a switch losing data changes nothing.
-    prepared = postgres.prepare(settings, root) if root == Path("/") else []
-    answers.write_stack(stack, root)
-    report = apply(
-        settings, root=root, debconf_ok=True, set_synapse_answer=set_synapse_answer,
-        prepare_database=lambda _settings, _root: [],
-    )
-    return list(settings.warnings) + prepared + report.lines()
+    system: System | None = None,
+    check_password: PasswordCheck | None = None,
+) -> Configured:
+    """Validate the answers, keep them in stack.yaml and apply them, as one transaction.
+
+    A new database password is swapped in within it: any failure leaves the old one.
+    """
+    system = system or system_for(root)
+    lines, _failed = restart_pending(system, root)
+
+    def edit(stack: dict[str, object]) -> dict[str, object]:
+        return {**stack, **answers.yaml_from_debconf(debconf)}
+
+    def apply_settings(settings: Settings) -> list[str]:
+        store_database_password(debconf, settings, root, check_password)
+        return apply(settings, root=root, debconf_ok=True, set_synapse_answer=set_synapse_answer,
+                     system=system).lines()
+
+    changed = change(edit, root=root, source="debconf", apply_settings=apply_settings,
+                     keeps=[secrets.DATABASE_PASSFILE], missing_ok=True)
+    return Configured(changed.settings, [*changed.settings.warnings, *lines, *changed.lines])
 
 
 def store_database_password(
-    debconf: answers.DebconfLike, settings: Settings, root: Path = Path("/")
+    debconf: answers.DebconfLike,
+    settings: Settings,
+    root: Path = Path("/"),
+    check: PasswordCheck | None = None,
 ) -> None:
-    """Keep the remote PostgreSQL password in its root-only file; never in debconf."""
-    from matrix_stack import secrets
+    """Keep the remote PostgreSQL password in its root-only file, never in debconf.
 
+    A new password replaces the file Synapse uses only once check (default: on this host,
+    postgres.check_remote) accepted it from a temporary file.
+    """
     try:
         password = debconf.get(answers.DATABASE_PASSWORD_QUESTION)
     finally:
         debconf.set(answers.DATABASE_PASSWORD_QUESTION, "")
     if not settings.remote_database:
         return
+    if check is None and root == Path("/"):
+        check = postgres.check_remote
     if password:
-        secrets.store_database_password(password, root)
+        secrets.store_database_password(
+            password, root, None if check is None else lambda passfile: check(settings, passfile)
+        )
     elif not secrets.has_database_password(root):
         raise MatrixStackError(
             f"matrix-stack/database-password: a password for PostgreSQL role "
@@ -104,14 +133,15 @@ def run_configure(
     a bug or an interrupt (debconf's database would keep them in clear text otherwise).
     """
     try:
-        for line in configure(session, set_synapse_answer=set_synapse_answer):
+        configured = configure(session, set_synapse_answer=set_synapse_answer)
+        for line in configured.lines:
             print(f"{PROGRAM}: {line}", file=sys.stderr)
-        server_name = answers.load_settings(answers.read_stack(), "debconf").server_name
-        for line in bootstrap(session, server_name):
+        for line in bootstrap(session, configured.settings.server_name):
             print(f"{PROGRAM}: {line}", file=sys.stderr)
         from matrix_stack.cli_element import postinst_lines
 
-        for line in postinst_lines():  # never raises: Element is fetched best-effort
+        # Never raises: Element is fetched best-effort.
+        for line in postinst_lines(settings=configured.settings):
             print(f"{PROGRAM}: {line}", file=sys.stderr)
     except MatrixStackError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)

@@ -369,8 +369,13 @@ else:
 """
 
 
-def remote_query(settings: Settings, statement: str) -> list[list[str]]:
-    """Run one statement on the remote database as Synapse would connect; return its rows."""
+def remote_query(
+    settings: Settings, statement: str, passfile: Path = DATABASE_PASSFILE
+) -> list[list[str]]:
+    """Run one statement on the remote database as Synapse would connect; return its rows.
+
+    passfile: the password file to connect with (a new password is checked in another one).
+    """
     from matrix_stack.services import SYNAPSE_USER, synapse_python
 
     arguments = {
@@ -378,7 +383,7 @@ def remote_query(settings: Settings, statement: str) -> list[list[str]]:
         "port": settings.database_port,
         "dbname": settings.database_name,
         "user": settings.database_user,
-        "passfile": str(DATABASE_PASSFILE),
+        "passfile": str(passfile),
     }
     where = (f"PostgreSQL database {settings.database_name} on "
              f"{settings.database_host}:{settings.database_port} as {settings.database_user}")
@@ -395,12 +400,13 @@ def remote_query(settings: Settings, statement: str) -> list[list[str]]:
     return [list(row) for row in answer["rows"]]
 
 
-def check_remote(settings: Settings) -> str:
+def check_remote(settings: Settings, passfile: Path = DATABASE_PASSFILE) -> str:
     """Raise one line unless the remote database answers with what Synapse requires."""
     rows = remote_query(
         settings,
         "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
         "WHERE datname = current_database()",
+        passfile,
     )
     encoding, collate, ctype = rows[0]
     if encoding != "UTF8" or collate != "C" or ctype != "C":

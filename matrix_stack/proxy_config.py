@@ -107,9 +107,9 @@ def render_proxy_config(settings: Settings, proxy: str, backend: str) -> str:
 
 
 def run_proxy_config(arguments: argparse.Namespace) -> int:
-    from matrix_stack import answers
+    from matrix_stack.stack import current_settings
 
-    settings = answers.load_settings(answers.read_stack(), str(answers.STACK_PATH))
+    settings = current_settings()
     backend = check_backend(arguments.backend) if arguments.backend else default_backend(
         settings)
     print(render_proxy_config(settings, arguments.proxy, backend), end="")

@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from matrix_stack import answers, backup, postgres, services
-from matrix_stack.apply import apply
+from matrix_stack import backup, postgres, services, stack
 from matrix_stack.backup_archive import Manifest, files_member, verify
 from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
@@ -172,8 +171,8 @@ def restore(
     progress(f"verifying {archive}")
     manifest = verify(archive, progress)
     check_paths(manifest, archive)
-    stack = answers.read_stack()
-    current_name = str(stack.get("server_name", ""))
+    old_stack = stack.read_stack()
+    current_name = str(old_stack.get("server_name", ""))
     if manifest.server_name != current_name:
         raise MatrixStackError(
             f"{archive} is a backup of {manifest.server_name}, this server is {current_name}: "
@@ -191,7 +190,8 @@ def restore(
     try:
         staged = stage(archive, manifest, stamp, keep)
         new_stack = archived_stack(staged)
-        settings = answers.load_settings(new_stack, f"{archive}: stack.yaml")
+        source = f"{archive}: stack.yaml"
+        settings = stack.load_settings(new_stack, source)
         check_engine(settings, manifest)
         archived = Counts(*(int(manifest.counts.get(table, -1)) for table in COUNTED_TABLES))
         if manifest.engine == "sqlite" and staged.counts != archived:
@@ -223,10 +223,12 @@ def restore(
             swap.database(staged.postgresql)
             staged.postgresql = None
         for path, config in sorted(staged.configs.items()):
-            swap.config(path, config)
+            if path != stack.STACK_PATH:  # written by the transaction below
+                swap.config(path, config)
         TOKEN_PATH.unlink(missing_ok=True)  # a cache: made again by one login
         progress("applying the restored stack.yaml")
-        apply(settings, prepare_database=lambda _settings, _root: [])
+        # Without postgres.prepare: the data swapped in is what the restored settings name.
+        stack.change(lambda _current: new_stack, source=source, database_ready=True)
         # apply restarts what it rewrites; these read restored files it found already in place.
         _restart_readers(settings.turn_enable)
         synapse_unit("start")
@@ -242,8 +244,7 @@ def restore(
         problems = swap.roll_back()
         staged.discard()
         try:
-            previous = answers.load_settings(stack, str(answers.STACK_PATH))
-            apply(previous, prepare_database=lambda _settings, _root: [])
+            previous = stack.change(lambda _current: old_stack, database_ready=True).settings
             _restart_readers(previous.turn_enable)
         except MatrixStackError as apply_error:
             problems.append(str(apply_error))

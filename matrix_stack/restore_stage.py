@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import yaml
 
-from matrix_stack import answers, backup, postgres
+from matrix_stack import backup, postgres
 from matrix_stack.backup_archive import (
     FILES_PREFIX,
     KNOWN_OWNERS,
@@ -31,6 +31,7 @@ from matrix_stack.backup_archive import (
 from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import create_exclusive, lookup_ids
+from matrix_stack.stack import STACK_PATH
 
 # Files of /etc/matrix-synapse that matrix-synapse's own package writes (conffiles, or
 # rewritten by its postinst): kept as installed, their archived copies only compared.
@@ -237,7 +238,7 @@ def stage_database(
 
 
 def archived_stack(staged: Staged) -> dict[str, Any]:
-    config = staged.configs.get(answers.STACK_PATH)
+    config = staged.configs.get(STACK_PATH)
     if config is None:
         raise MatrixStackError("the archive holds no /etc/matrix-stack/stack.yaml")
     try:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets as random_source
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.files import host_path, lookup_ids, sets_ownership
+from matrix_stack.files import (
+    create_exclusive,
+    fsync_directory,
+    host_path,
+    lookup_ids,
+    sets_ownership,
+)
 
 SECRETS_DIR = Path("/etc/matrix-stack/secrets")
 REGISTRATION_SECRET_PATH = SECRETS_DIR / "registration_shared_secret"
@@ -80,12 +87,32 @@ def pgpass_line(password: str) -> str:
     return f"*:*:*:*:{escaped}\n"
 
 
-def store_database_password(password: str, root: Path = Path("/")) -> None:
-    """Write the remote PostgreSQL password for Synapse alone (owner matrix-synapse, 0600)."""
-    from matrix_stack.files import FileSpec, write_atomic
+def store_database_password(
+    password: str, root: Path = Path("/"), check: Callable[[Path], object] | None = None
+) -> None:
+    """Write the remote PostgreSQL password for Synapse alone (owner matrix-synapse, 0600).
 
-    write_atomic(FileSpec(DATABASE_PASSFILE, pgpass_line(password), 0o600, SECRET_OWNER, "root"),
-                 root)
+    The new file is made beside the one Synapse uses (in a directory root alone writes) and
+    renamed over it only once check, given the new file, accepted it; it is removed in any
+    other case, so a refused password leaves the old file as it was.
+    """
+    line = pgpass_line(password)
+    target = host_path(DATABASE_PASSFILE, root)
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    ids = lookup_ids(SECRET_OWNER, "root") if sets_ownership(root) else (os.geteuid(), os.getegid())
+    staged = target.with_name(f".{target.name}.new-{random_source.token_hex(8)}")
+    descriptor = create_exclusive(staged, *ids, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(line)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if check is not None:
+            check(staged)
+        os.replace(staged, target)
+        fsync_directory(target.parent)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def has_database_password(root: Path = Path("/")) -> bool:

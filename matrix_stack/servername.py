@@ -55,14 +55,21 @@ def ensure_server_name(
     set_synapse_answer: Callable[[str], None] | None = None,
     runner: postgres.Runner = postgres.psql_as_postgres,
 ) -> bool:
-    """Make Synapse use settings.server_name; return whether server_name.yaml was written.
+    """Make Synapse use settings.server_name; return whether server_name.yaml was written."""
+    if not server_name_changes(settings, root, runner):
+        return False
+    write_server_name(settings, root, set_synapse_answer)
+    return True
+
+
+def server_name_changes(
+    settings: Settings, root: Path = Path("/"), runner: postgres.Runner = postgres.psql_as_postgres
+) -> bool:
+    """Return whether server_name.yaml must change to settings.server_name; raise if it cannot.
 
     When Synapse's database (SQLite or PostgreSQL, whichever it uses) already holds data the
     name is part of every user and room ID and of its signing key's identity, so a different
-    name is refused. matrix-synapse's postinst leaves server_name.yaml out when its question
-    was never answered (a noninteractive install); then it is written here exactly as that
-    postinst would, after setting matrix-synapse/server-name so that its next run writes the
-    same line.
+    name is refused.
     """
     current = synapse_server_name(root)
     if current == settings.server_name:
@@ -74,9 +81,21 @@ def ensure_server_name(
             f"database {database} holds users and rooms of {current}; keep {current}, or "
             "start afresh by moving that database away"
         )
+    return True
+
+
+def write_server_name(
+    settings: Settings,
+    root: Path = Path("/"),
+    set_synapse_answer: Callable[[str], None] | None = None,
+) -> None:
+    """Write server_name.yaml as matrix-synapse's postinst would.
+
+    That postinst leaves the file out when its question was never answered (a noninteractive
+    install); matrix-synapse/server-name is set first, so that its next run writes the same line.
+    """
     if set_synapse_answer is not None:
         set_synapse_answer(settings.server_name)
     write_atomic(
         FileSpec(SERVER_NAME_PATH, f"server_name: {settings.server_name}\n", 0o644), root
     )
-    return True

@@ -19,7 +19,6 @@ SELF_SIGNED_KEY_PATH = TLS_DIR / "self-signed.key"
 KEY_GROUP = "turnserver"
 RENEW_BEFORE_SECONDS = 30 * 24 * 3600
 VALIDITY_DAYS = 3650
-PREVIOUS_SUFFIX = ".previous"
 
 
 def certificate_paths(settings: Settings) -> tuple[str, str] | None:
@@ -57,18 +56,31 @@ def ensure_self_signed(settings: Settings, root: Path = Path("/")) -> bool:
 
     Return whether a new certificate was made (so Apache and coturn must pick it up).
     """
+    if not self_signed_needed(settings, root):
+        return False
+    make_self_signed(settings, root)
+    return True
+
+
+def self_signed_needed(settings: Settings, root: Path = Path("/")) -> bool:
+    """Return whether a self-signed certificate must be made: none yet, expiring, or one
+    missing a public name."""
     if settings.tls is not TlsMode.SELF_SIGNED:
         return False
     certificate = host_path(SELF_SIGNED_CERT_PATH, root)
+    return not (
+        certificate.exists()
+        and host_path(SELF_SIGNED_KEY_PATH, root).exists()
+        and certificate_names(certificate) == set(settings.certificate_names)
+        and not expires_soon(certificate)
+    )
+
+
+def make_self_signed(settings: Settings, root: Path = Path("/")) -> None:
+    """Replace the self-signed pair with a new one for every public name (key first)."""
+    certificate = host_path(SELF_SIGNED_CERT_PATH, root)
     key = host_path(SELF_SIGNED_KEY_PATH, root)
     names = settings.certificate_names
-    if (
-        certificate.exists()
-        and key.exists()
-        and certificate_names(certificate) == set(names)
-        and not expires_soon(certificate)
-    ):
-        return False
     certificate.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=certificate.parent, prefix=".new-") as workdir:
         new_key = Path(workdir) / "key"
@@ -94,32 +106,8 @@ def ensure_self_signed(settings: Settings, root: Path = Path("/")) -> bool:
             os.chown(new_key, *lookup_ids("root", _key_group()))
         new_key.chmod(0o640)
         new_certificate.chmod(0o644)
-        for current in (key, certificate):
-            previous = current.with_name(current.name + PREVIOUS_SUFFIX)
-            previous.unlink(missing_ok=True)
-            if current.exists():
-                os.link(current, previous)  # kept until the new pair is live
         os.replace(new_key, key)
         os.replace(new_certificate, certificate)
-    return True
-
-
-def _self_signed_pair(root: Path) -> tuple[Path, Path]:
-    return host_path(SELF_SIGNED_KEY_PATH, root), host_path(SELF_SIGNED_CERT_PATH, root)
-
-
-def restore_self_signed(root: Path = Path("/")) -> None:
-    """Put the previous self-signed pair back (the new configuration was refused)."""
-    for current in _self_signed_pair(root):
-        previous = current.with_name(current.name + PREVIOUS_SUFFIX)
-        if previous.exists():
-            os.replace(previous, current)
-
-
-def forget_previous_self_signed(root: Path = Path("/")) -> None:
-    """Drop the previous self-signed pair once the new one is live."""
-    for current in _self_signed_pair(root):
-        current.with_name(current.name + PREVIOUS_SUFFIX).unlink(missing_ok=True)
 
 
 def _key_group() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,60 @@ class SynapseCheck:
             raise self.refusal
 
 
+@dataclass
+class FakeSystem:
+    """Stands in for the running system in apply(): records each call in order.
+
+    failing[n]: the units whose start fails at the n-th restart call; interrupt: the name of
+    the call that raises KeyboardInterrupt (the first time); refusals: call name -> error.
+    """
+
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+    failing: list[set[str]] = field(default_factory=list)
+    interrupt: str = ""
+    refusals: dict[str, Exception] = field(default_factory=dict)
+    maintainer_script: bool = False
+    newly_enabled: tuple[str, ...] = ()
+
+    def _call(self, name: str, *arguments: str) -> None:
+        self.calls.append((name, *arguments))
+        if self.interrupt == name:
+            self.interrupt = ""
+            raise KeyboardInterrupt
+        if name in self.refusals:
+            raise self.refusals[name]
+
+    def validate_synapse(self, candidate: str, candidate_name: str) -> None:
+        self._call("validate_synapse", candidate_name)
+
+    def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]:
+        self._call("enable_apache")
+        return self.newly_enabled
+
+    def validate_apache(self) -> None:
+        self._call("validate_apache")
+
+    def disable_apache_site(self) -> None:
+        self._call("disable_apache_site")
+
+    def restart(self, units: Sequence[str]) -> tuple[list[str], list[str]]:
+        self._call("restart", *units)
+        failing = self.failing.pop(0) if self.failing else set()
+        failed = [unit for unit in units if unit in failing]
+        return [f"restart {unit}" for unit in units if unit not in failed], failed
+
+    def set_turn_service(self, enabled: bool, root: Path) -> list[str]:
+        self._call("set_turn_service", str(enabled))
+        return []
+
+    def set_backup_timer(self, daily: bool) -> list[str]:
+        self._call("set_backup_timer", str(daily))
+        return []
+
+    def in_maintainer_script(self) -> bool:
+        return self.maintainer_script
+
+
 @dataclass(frozen=True)
 class AppliedRoot:
     """A root filled by one apply of make_settings(), with what that apply reported."""
@@ -70,6 +124,18 @@ def snapshot(root: Path) -> dict[str, FileState]:
         elif path.is_file():
             status = path.stat()
             result[name] = (path.read_bytes(), status.st_ino, status.st_mtime_ns)
+    return result
+
+
+def files_and_modes(root: Path) -> dict[str, tuple[bytes | str, int]]:
+    """Return every file under root by relative path: content (symlinks: target) and mode."""
+    result: dict[str, tuple[bytes | str, int]] = {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.is_symlink():
+            result[name] = (str(path.readlink()), 0)
+        elif path.is_file():
+            result[name] = (path.read_bytes(), path.stat().st_mode & 0o7777)
     return result
 
 

@@ -21,17 +21,19 @@ from matrix_stack.answers import (
     BOOTSTRAP_QUESTIONS,
     DATABASE_PASSWORD_QUESTION,
     FILE_ONLY_KEYS,
-    STACK_HEADER,
-    STACK_PATH,
     debconf_from_yaml,
-    load_settings,
-    read_stack,
-    render_stack,
-    write_stack,
     yaml_from_debconf,
 )
 from matrix_stack.errors import MatrixStackError, SettingsError
 from matrix_stack.settings import FederationMode, Settings
+from matrix_stack.stack import (
+    STACK_HEADER,
+    STACK_PATH,
+    load_settings,
+    read_stack,
+    render_stack,
+    write_stack,
+)
 
 DEBIAN_DIR = Path(__file__).resolve().parents[2] / "debian"
 TEMPLATES_FILE = DEBIAN_DIR / "matrix-stack.templates"

@@ -7,6 +7,9 @@ every file with the real ucf (state under the root). Synapse's check is passed i
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import yaml
 
 from matrix_stack.apply import Report, apply, diff
 from matrix_stack.errors import MatrixStackError, ValidationError
-from matrix_stack.files import Outcome, UcfState, md5_text
+from matrix_stack.files import Outcome, Plan, UcfState, apply_plan, md5_text
 from matrix_stack.host import Facts
 from matrix_stack.render import (
     APACHE_SITE_PATH,
@@ -27,12 +30,15 @@ from matrix_stack.render import (
 from matrix_stack.secrets import read_secrets
 from matrix_stack.servername import SERVER_NAME_PATH, ensure_server_name
 from matrix_stack.settings import Settings
-from matrix_stack.tls import certificate_names
+from matrix_stack.system import PENDING_RESTARTS_PATH
+from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH, certificate_names
 from tests.unit.helpers import (
     LISTENING_IP,
     SERVER_NAME,
     AppliedRoot,
+    FakeSystem,
     SynapseCheck,
+    files_and_modes,
     make_settings,
     needs_root_for_ucf,
     snapshot,
@@ -398,3 +404,265 @@ def test_ensure_server_name_with_the_same_name_writes_nothing(tmp_path: Path) ->
     assert ensure_server_name(make_settings(tmp_path), tmp_path, answers.append) is False
     assert answers == []
     assert snapshot(tmp_path) == before
+
+
+# --- one transaction: every failure puts every file back --------------------------------------
+
+# Changes Synapse's, coturn's and Apache's files, and the certificate (it names the TURN domain).
+NEW_TURN_DOMAIN = {"turn_domain": "turn.example.org"}
+CHANGED = [
+    SYNAPSE_CONF_PATH, TURNSERVER_CONF_PATH, APACHE_SITE_PATH, SELF_SIGNED_CERT_PATH,
+    SELF_SIGNED_KEY_PATH,
+]
+PENDING = PENDING_RESTARTS_PATH
+RESTART_ALL = ("restart", "matrix-synapse", "coturn", "apache2")
+VALIDATE_SYNAPSE = ("validate_synapse", "50-matrix-stack.yaml")
+BACK_AND_RESTARTED = (
+    "every file is back as it was and matrix-synapse, coturn, apache2 were restarted on them"
+)
+
+
+def apply_new_turn_domain(
+    root: Path, system: FakeSystem, write_plan: Callable[[Plan, Path], None] = apply_plan
+) -> Report:
+    return apply(make_settings(root, **NEW_TURN_DOMAIN), root=root, system=system,
+                 write_plan=write_plan)
+
+
+def full_disk_at(
+    path: Path, then: Callable[[Path], object] = lambda _root: None
+) -> Callable[[Plan, Path], None]:
+    """Return a write_plan that writes each file until path, where (after then) the disk is full."""
+
+    def write_plan(plan: Plan, root: Path) -> None:
+        if plan.spec.path == path:
+            then(root)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        apply_plan(plan, root)
+
+    return write_plan
+
+
+def test_apply_records_the_units_before_writing_and_forgets_them_once_restarted(
+    applied_root: Path,
+) -> None:
+    before = files_and_modes(applied_root)
+    system = FakeSystem()
+    pending_at_writes: list[tuple[str, int]] = []
+
+    def write_plan(plan: Plan, root: Path) -> None:
+        pending = on_disk(root, PENDING)
+        pending_at_writes.append((pending.read_text(), pending.stat().st_mode & 0o777))
+        apply_plan(plan, root)
+
+    report = apply_new_turn_domain(applied_root, system, write_plan)
+
+    assert set(pending_at_writes) == {("matrix-synapse\ncoturn\napache2\n", 0o600)}
+    assert system.calls == [
+        VALIDATE_SYNAPSE, ("enable_apache",), ("validate_apache",), RESTART_ALL,
+        ("set_turn_service", "True"), ("set_backup_timer", "False"),
+    ]
+    assert report.actions == ["restart matrix-synapse", "restart coturn", "restart apache2"]
+    after = files_and_modes(applied_root)
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert {name for name in changed if not name.startswith(UCF_STATE)} == {
+        str(path).lstrip("/") for path in CHANGED
+    }
+    assert not on_disk(applied_root, PENDING).exists()
+
+
+def test_apply_refused_by_synapse_writes_nothing_and_restarts_nothing(applied_root: Path) -> None:
+    before = snapshot(applied_root)
+    refusal = ValidationError("Synapse refuses the new configuration: bad")
+    system = FakeSystem(refusals={"validate_synapse": refusal})
+
+    with pytest.raises(ValidationError) as raised:
+        apply_new_turn_domain(applied_root, system)
+
+    assert str(raised.value) == "Synapse refuses the new configuration: bad"
+    assert system.calls == [VALIDATE_SYNAPSE]
+    assert snapshot(applied_root) == before
+
+
+def test_apply_refused_by_apache_puts_every_file_back_and_restarts_their_units(
+    applied_root: Path,
+) -> None:
+    before = files_and_modes(applied_root)
+    refusal = ValidationError("Apache refuses the configuration: Syntax error on line 3")
+    system = FakeSystem(refusals={"validate_apache": refusal})
+
+    with pytest.raises(ValidationError) as raised:
+        apply_new_turn_domain(applied_root, system)
+
+    assert str(raised.value) == (
+        f"Apache refuses the configuration: Syntax error on line 3: {BACK_AND_RESTARTED}"
+    )
+    assert system.calls == [VALIDATE_SYNAPSE, ("enable_apache",), ("validate_apache",),
+                            RESTART_ALL]
+    assert files_and_modes(applied_root) == before
+
+
+def test_apply_with_a_full_disk_half_way_puts_every_written_file_back(applied_root: Path) -> None:
+    before = files_and_modes(applied_root)
+    system = FakeSystem()
+    half_way: list[dict[str, tuple[bytes | str, int]]] = []
+    write_plan = full_disk_at(APACHE_SITE_PATH, lambda root: half_way.append(files_and_modes(root)))
+
+    with pytest.raises(MatrixStackError) as raised:
+        apply_new_turn_domain(applied_root, system, write_plan)
+
+    assert str(raised.value) == (
+        f"cannot write {APACHE_SITE_PATH} (No space left on device): {BACK_AND_RESTARTED}"
+    )
+    written = {name for name in half_way[0] if half_way[0][name] != before.get(name)}
+    assert written == {str(path).lstrip("/") for path in CHANGED if path != APACHE_SITE_PATH} | {
+        str(PENDING).lstrip("/")
+    }
+    assert system.calls == [VALIDATE_SYNAPSE, RESTART_ALL]
+    assert files_and_modes(applied_root) == before
+
+
+def test_apply_whose_restart_fails_puts_every_file_back_and_restarts_on_them(
+    applied_root: Path,
+) -> None:
+    before = files_and_modes(applied_root)
+    system = FakeSystem(failing=[{"coturn"}])
+
+    with pytest.raises(MatrixStackError) as raised:
+        apply_new_turn_domain(applied_root, system)
+
+    assert str(raised.value) == (
+        "coturn failed to start with the new configuration (see: journalctl -u coturn): "
+        f"{BACK_AND_RESTARTED}"
+    )
+    assert system.calls == [
+        VALIDATE_SYNAPSE, ("enable_apache",), ("validate_apache",), RESTART_ALL,
+        ("set_turn_service", "True"), ("set_backup_timer", "False"), RESTART_ALL,
+    ]
+    assert files_and_modes(applied_root) == before
+
+
+def test_apply_whose_unit_fails_on_the_old_files_too_says_so_and_keeps_it_pending(
+    applied_root: Path,
+) -> None:
+    before = files_and_modes(applied_root)
+    system = FakeSystem(failing=[{"coturn"}, {"coturn"}])
+
+    with pytest.raises(MatrixStackError) as raised:
+        apply_new_turn_domain(applied_root, system)
+
+    assert str(raised.value) == (
+        "coturn failed to start with the new configuration (see: journalctl -u coturn): "
+        "every file is back as it was and matrix-synapse, apache2 were restarted on them; "
+        "coturn did not start again (see: journalctl -u coturn)"
+    )
+    assert files_and_modes(applied_root) == {
+        **before, str(PENDING).lstrip("/"): (b"coturn\n", 0o600)
+    }
+
+
+def test_apply_interrupted_between_write_and_restart_puts_every_file_back(
+    applied_root: Path,
+) -> None:
+    before = files_and_modes(applied_root)
+    system = FakeSystem(interrupt="enable_apache")
+
+    with pytest.raises(MatrixStackError) as raised:
+        apply_new_turn_domain(applied_root, system)
+
+    assert str(raised.value) == f"apply interrupted: {BACK_AND_RESTARTED}"
+    assert system.calls == [VALIDATE_SYNAPSE, ("enable_apache",), RESTART_ALL]
+    assert files_and_modes(applied_root) == before
+
+
+def test_apply_that_cannot_put_a_file_back_names_it_and_keeps_its_unit_pending(
+    applied_root: Path,
+) -> None:
+    before = files_and_modes(applied_root)
+    system = FakeSystem()
+
+    def block_turnserver(root: Path) -> None:
+        turnserver = on_disk(root, TURNSERVER_CONF_PATH)
+        turnserver.unlink()
+        turnserver.mkdir()  # what cannot be put back
+        (turnserver / "x").touch()
+
+    write_plan = full_disk_at(APACHE_SITE_PATH, block_turnserver)
+
+    with pytest.raises(MatrixStackError) as raised:
+        apply_new_turn_domain(applied_root, system, write_plan)
+
+    assert str(raised.value) == (
+        f"cannot write {APACHE_SITE_PATH} (No space left on device): could not put back "
+        f"{TURNSERVER_CONF_PATH} (Is a directory); every other file is back as it was and "
+        "matrix-synapse, coturn, apache2 were restarted on them"
+    )
+    after = files_and_modes(applied_root)
+    turnserver = str(TURNSERVER_CONF_PATH).lstrip("/")
+    assert after.pop(str(PENDING).lstrip("/")) == (b"coturn\n", 0o600)
+    after.pop(f"{turnserver}/x")
+    assert after == {name: state for name, state in before.items() if name != turnserver}
+
+
+def test_apply_in_a_maintainer_script_keeps_a_failed_unit_pending_for_the_next_apply(
+    applied_root: Path,
+) -> None:
+    system = FakeSystem(failing=[{"coturn"}], maintainer_script=True)
+
+    report = apply_new_turn_domain(applied_root, system)
+
+    assert report.actions[-1] == "warning: coturn failed to start (see: journalctl -u coturn)"
+    assert on_disk(applied_root, PENDING).read_text() == "coturn\n"
+    system = FakeSystem()
+    report = apply_new_turn_domain(applied_root, system)
+    assert system.calls == [("restart", "coturn"), ("enable_apache",),
+                            ("set_turn_service", "True"), ("set_backup_timer", "False")]
+    assert report.actions == ["restart coturn (left pending by an interrupted apply)"]
+    assert not on_disk(applied_root, PENDING).exists()
+
+
+def test_apply_after_a_crash_first_restarts_what_the_crashed_apply_left_pending(
+    applied_root: Path,
+) -> None:
+    def crash(plan: Plan, root: Path) -> None:
+        if plan.spec.path == APACHE_SITE_PATH:
+            os._exit(0)  # killed: no undo runs
+        apply_plan(plan, root)
+
+    child = os.fork()
+    if child == 0:
+        try:
+            apply_new_turn_domain(applied_root, FakeSystem(), crash)
+        finally:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+    assert on_disk(applied_root, PENDING).read_text() == "matrix-synapse\ncoturn\napache2\n"
+    system = FakeSystem()
+
+    report = apply_new_turn_domain(applied_root, system)
+
+    assert system.calls == [
+        RESTART_ALL, ("enable_apache",), ("validate_apache",), ("restart", "apache2"),
+        ("set_turn_service", "True"), ("set_backup_timer", "False"),
+    ]
+    assert report.actions == [
+        "restart matrix-synapse (left pending by an interrupted apply)",
+        "restart coturn (left pending by an interrupted apply)",
+        "restart apache2 (left pending by an interrupted apply)",
+        "restart apache2",
+    ]
+    assert outcomes(report)[APACHE_SITE_PATH] is Outcome.UPDATED
+    assert outcomes(report)[SYNAPSE_CONF_PATH] is Outcome.UNCHANGED
+    assert not on_disk(applied_root, PENDING).exists()
+
+
+def test_apply_with_database_ready_skips_the_database_check(
+    tmp_path: Path, synapse_check: SynapseCheck
+) -> None:
+    def refuse(_settings: Settings, _root: Path) -> list[str]:
+        raise AssertionError("the database was checked")
+
+    apply(make_settings(tmp_path), root=tmp_path, validate_synapse=synapse_check,
+          prepare_database=refuse, database_ready=True)
+
+    assert on_disk(tmp_path, SYNAPSE_CONF_PATH).exists()

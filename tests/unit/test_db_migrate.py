@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from matrix_stack import answers, db_migrate, postgres, secrets
+from matrix_stack import apply as apply_module
+from matrix_stack import db_migrate, postgres, secrets
+from matrix_stack import stack as stack_file
+from matrix_stack.apply import Report
 from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.db_migrate import port_config
 from matrix_stack.errors import MatrixStackError
@@ -119,8 +122,8 @@ class FakeHost:
         self.targets: list[str] = []
         (tmp_path / "h.db").write_bytes(b"SQLite format 3\0")
         stack = {"server_name": "example.org", "database": "sqlite"}
-        monkeypatch.setattr(answers, "read_stack", lambda: dict(stack))
-        monkeypatch.setattr(answers, "write_stack", self.stacks.append)
+        monkeypatch.setattr(stack_file, "read_stack", lambda *_root: dict(stack))
+        monkeypatch.setattr(stack_file, "write_stack", lambda new, _root: self.stacks.append(new))
         monkeypatch.setattr(db_migrate, "synapse_has_database", lambda: tmp_path / "h.db")
         monkeypatch.setattr(db_migrate, "find_port_script", lambda: Path("/usr/bin/port"))
         monkeypatch.setattr(postgres, "check_server", lambda: None)
@@ -133,9 +136,11 @@ class FakeHost:
         monkeypatch.setattr(db_migrate, "systemctl", self.units.append)
         monkeypatch.setattr(db_migrate, "run_port_script", self.port)
         monkeypatch.setattr(db_migrate, "wait_until_answering", lambda *_args: True)
-        monkeypatch.setattr(
-            db_migrate, "apply", lambda settings, **_: self.applied.append(settings.database)
-        )
+        monkeypatch.setattr(apply_module, "apply", self.apply)
+
+    def apply(self, settings: Any, **_options: Any) -> Report:
+        self.applied.append(settings.database)
+        return Report()
 
     def port(self, _script: Path, _sqlite: Path, target: db_migrate.Target) -> None:
         self.targets.append(str(target))
@@ -239,12 +244,13 @@ def test_migrate_going_back_to_sqlite_is_not_refused_by_the_postgresql_guard(
     def data(argv: Any) -> str:
         return "3" if "table_name IN" in argv[-1] else "1"
 
-    def apply(settings: Any, prepare_database: Any = None, **_options: Any) -> None:
-        check = prepare_database or (lambda s, _root: postgres.prepare(s, tmp_path / "root", data))
-        check(settings, Path("/"))
+    def apply(settings: Any, database_ready: bool = False, **_options: Any) -> Report:
+        if not database_ready:
+            postgres.prepare(settings, tmp_path / "root", data)
         host.applied.append(settings.database)
+        return Report()
 
-    monkeypatch.setattr(db_migrate, "apply", apply)
+    monkeypatch.setattr(apply_module, "apply", apply)
     interrupt_at(monkeypatch, host, step, keyboard_interrupt)
 
     with pytest.raises(MatrixStackError, match=r"^migration interrupted; Synapse runs on SQLite"):

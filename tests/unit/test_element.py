@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from matrix_stack import answers, element
+from matrix_stack import element
+from matrix_stack import stack as stack_file
 from matrix_stack.cli import main
 from matrix_stack.cli_element import postinst_lines, status_lines
 from matrix_stack.element_archive import (
@@ -777,7 +778,7 @@ def test_install_of_a_local_tarball_reads_its_version(site: Site, tmp_path: Path
 
 def write_stack(site: Site, **values: str) -> None:
     settings = site.settings()
-    answers.write_stack({
+    stack_file.write_stack({
         "server_name": settings.server_name,
         "turn_listening_ip": settings.turn_listening_ip,
         "turn_external_ip": settings.turn_external_ip,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from matrix_stack import answers
+from matrix_stack import stack as stack_file
 from matrix_stack.apply import apply
 from matrix_stack.cli import build_parser
 from matrix_stack.cli_federation import run_allow, run_check, run_deny, run_mode
@@ -155,7 +155,7 @@ def test_stack_yaml_keeps_key_servers_as_a_bare_flow_list() -> None:
     stack = {**BASE_STACK, "federation_domains": ["b.example.org:8448"],
              "federation_key_servers": ["b.example.org:8448"]}
 
-    text = answers.render_stack(stack)
+    text = stack_file.render_stack(stack)
 
     assert "\nfederation_key_servers: [b.example.org:8448]\n" in text
     assert yaml.safe_load(text) == stack
@@ -184,7 +184,7 @@ def test_describe_lines_in_off_mode_say_no_server_is_admitted() -> None:
 
 
 def write_stack(root: Path, **overrides: Any) -> None:
-    answers.write_stack({**BASE_STACK, **overrides}, root)
+    stack_file.write_stack({**BASE_STACK, **overrides}, root)
 
 
 def test_change_stack_writes_stack_yaml_and_applies_only_synapse_and_element(
@@ -199,7 +199,7 @@ def test_change_stack_writes_stack_yaml_and_applies_only_synapse_and_element(
     change, lines = change_stack(lambda stack: set_mode(stack, "off"), root=applied_root,
                                  apply_settings=apply_settings)
 
-    assert answers.read_stack(applied_root)["federation"] == "off"
+    assert stack_file.read_stack(applied_root)["federation"] == "off"
     assert lines == [f"updated {SYNAPSE_CONF_PATH}", f"updated {ELEMENT_CONFIG_PATH}"]
     synapse = yaml.safe_load(host_path(SYNAPSE_CONF_PATH, applied_root).read_text())
     assert synapse["federation_domain_whitelist"] == []
@@ -222,7 +222,7 @@ def test_change_stack_that_changes_nothing_does_not_apply(applied_root: Path) ->
 
 def test_change_stack_puts_stack_yaml_back_when_the_apply_fails(applied_root: Path) -> None:
     write_stack(applied_root)
-    before = host_path(answers.STACK_PATH, applied_root).read_text()
+    before = host_path(stack_file.STACK_PATH, applied_root).read_text()
 
     def fail(settings: Settings) -> list[str]:
         raise MatrixStackError("Synapse refused the configuration")
@@ -231,18 +231,18 @@ def test_change_stack_puts_stack_yaml_back_when_the_apply_fails(applied_root: Pa
         change_stack(lambda stack: allow(stack, ["b.example.org"]), root=applied_root,
                      apply_settings=fail)
 
-    assert host_path(answers.STACK_PATH, applied_root).read_text() == before
+    assert host_path(stack_file.STACK_PATH, applied_root).read_text() == before
 
 
 def test_change_stack_refuses_an_invalid_result_before_writing(applied_root: Path) -> None:
     write_stack(applied_root, federation_domains=["not a name!"])
-    before = host_path(answers.STACK_PATH, applied_root).read_text()
+    before = host_path(stack_file.STACK_PATH, applied_root).read_text()
 
     with pytest.raises(SettingsError):
         change_stack(lambda stack: set_mode(stack, "open"), root=applied_root,
                      apply_settings=lambda settings: [])
 
-    assert host_path(answers.STACK_PATH, applied_root).read_text() == before
+    assert host_path(stack_file.STACK_PATH, applied_root).read_text() == before
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,6 @@ from matrix_stack.files import (
     apply_plan,
     md5_text,
     plan_file,
-    restore,
     write_atomic,
 )
 from tests.unit.helpers import copy_root, needs_root_for_ucf
@@ -245,37 +244,6 @@ def test_plan_file_for_admin_deleted_file_keeps_it_deleted(registered_root: Path
 )
 def test_only_created_and_updated_change_the_live_file(outcome: Outcome, changes: bool) -> None:
     assert outcome.changes_live_file is changes
-
-
-# --- restore ------------------------------------------------------------------------------
-
-
-def test_restore_of_updated_file_puts_back_the_old_text(tmp_path: Path) -> None:
-    write_atomic(spec(OLD), tmp_path)
-    plan = plan_file(spec(NEW), tmp_path, UcfState(tmp_path))
-    apply_plan(plan, tmp_path)
-
-    restore(plan, tmp_path)
-
-    assert live(tmp_path).read_text() == OLD
-
-
-def test_restore_of_created_file_removes_it(tmp_path: Path) -> None:
-    plan = plan_file(spec(NEW), tmp_path, UcfState(tmp_path))
-    apply_plan(plan, tmp_path)
-
-    restore(plan, tmp_path)
-
-    assert not live(tmp_path).exists()
-
-
-def test_restore_of_kept_file_changes_nothing(tmp_path: Path) -> None:
-    write_atomic(spec("setting = mine\n"), tmp_path)
-    plan = Plan(spec(NEW), Outcome.KEPT_LOCAL, "setting = mine\n")
-
-    restore(plan, tmp_path)
-
-    assert live(tmp_path).read_text() == "setting = mine\n"
 
 
 def test_host_path_puts_the_target_under_root(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from matrix_stack import answers, db_migrate, restore
+from matrix_stack import db_migrate, restore
+from matrix_stack import stack as stack_file
 from matrix_stack.backup_archive import POSTGRESQL_MEMBER, SQLITE_MEMBER, Manifest
 from matrix_stack.errors import MatrixStackError
 from tests.unit.test_backup import manifest
@@ -50,7 +51,7 @@ def fake_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int) -> 
     archive = archive_of(tmp_path)
     monkeypatch.setattr(restore, "verify", lambda _archive, _progress: archive)
     monkeypatch.setattr(restore, "check_paths", lambda _manifest, _archive: None)
-    monkeypatch.setattr(answers, "read_stack", lambda: {"server_name": archive.server_name})
+    monkeypatch.setattr(stack_file, "read_stack", lambda: {"server_name": archive.server_name})
     monkeypatch.setattr(restore, "KEEP_ROOT", tmp_path / "keep")
     staged: list[str] = []
 

@@ -120,3 +120,33 @@ def test_the_database_password_file_is_private(tmp_path: Path) -> None:
     assert path.read_text() == "*:*:*:*:pw\n"
     assert path.stat().st_mode & 0o777 == 0o600
     assert secrets.has_database_password(tmp_path)
+
+
+def test_a_refused_database_password_leaves_the_old_file_and_no_temporary_one(
+    tmp_path: Path,
+) -> None:
+    secrets.store_database_password("old", tmp_path)
+    directory = tmp_path / "etc/matrix-stack/secrets"
+    checked: list[tuple[str, int]] = []
+
+    def refuse(passfile: Path) -> None:
+        checked.append((passfile.read_text(), passfile.stat().st_mode & 0o777))
+        raise MatrixStackError("password authentication failed")
+
+    with pytest.raises(MatrixStackError, match="^password authentication failed$"):
+        secrets.store_database_password("néw", tmp_path, refuse)
+
+    assert checked == [("*:*:*:*:néw\n", 0o600)]
+    assert [path.name for path in directory.iterdir()] == ["database.pgpass"]
+    assert (directory / "database.pgpass").read_text() == "*:*:*:*:old\n"
+
+
+def test_an_accepted_database_password_is_renamed_over_the_old_file(tmp_path: Path) -> None:
+    secrets.store_database_password("old", tmp_path)
+    seen: list[int] = []
+    secrets.store_database_password("new", tmp_path, lambda passfile: seen.append(
+        passfile.stat().st_ino))
+
+    path = tmp_path / "etc/matrix-stack/secrets/database.pgpass"
+    assert (path.read_text(), path.stat().st_ino) == ("*:*:*:*:new\n", seen[0])
+    assert [entry.name for entry in path.parent.iterdir()] == ["database.pgpass"]

@@ -259,14 +259,15 @@ class Attempt:
         return what to raise: the same error saying what it left, one line for an interrupt
         or an OSError, a bug's own exception with a note."""
         reverted, problems = self.undo.put_back()
-        units = units_of(reverted)
         if self.site_enabled:
             try:
                 self.system.disable_apache_site()
             except MatrixStackError as disable_error:
                 problems[APACHE_SITE_PATH] = f"still enabled: {disable_error}"
-            units.append("apache2")
-        units = self.restartable([*units, *self.restarted])
+        # Only units restarted on the new files run them: restart those on the old ones. A unit
+        # never restarted still runs the old files (restarting it could only hurt: an Apache
+        # whose configuration broke meanwhile would not come back).
+        units = self.restartable(self.restarted)
         _lines, failed = self.system.restart(units) if units else ([], [])
         try:
             write_pending(self.restartable([*failed, *units_of(problems)]), self.root)

@@ -183,7 +183,7 @@ def migrate(
     """Port Synapse's SQLite data to PostgreSQL, switch to it and verify; undo on any failure.
 
     remote: database_host, database_port, database_name, database_user of a remote server
-    (its password, when given, is stored first); None: PostgreSQL on this host.
+    (its password, when given, is checked there, then stored); None: PostgreSQL on this host.
     """
     old_stack = stack.read_stack()
     settings = stack.load_settings(old_stack, str(stack.STACK_PATH))
@@ -198,7 +198,13 @@ def migrate(
     new_stack = {**old_stack, **(remote or {"database_host": ""}), "database": "postgresql"}
     target = Target(stack.load_settings(new_stack, "command line"))
     if password is not None:
-        secrets.store_database_password(password)
+        # Checked from a temporary passfile first: a wrong password never replaces a right one.
+        settings_new = target.settings
+        check = (
+            (lambda staged: postgres.check_remote(settings_new, staged))
+            if settings_new.remote_database else None
+        )
+        secrets.store_database_password(password, check=check)
     elif target.settings.remote_database and not secrets.has_database_password():
         raise MatrixStackError(
             f"no password stored for PostgreSQL role {target.settings.database_user}: "

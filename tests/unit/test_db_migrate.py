@@ -285,10 +285,19 @@ def test_migrate_to_a_remote_server_stores_the_password_and_checks_there(
                                                                      statement else "1"]]
 
     monkeypatch.setattr(postgres, "remote_query", remote_query)
-    monkeypatch.setattr(postgres, "check_remote", lambda settings: "answers (UTF8, C)")
+    checked: list[Path] = []
+
+    def check_remote(settings: Any, passfile: Path = secrets.DATABASE_PASSFILE) -> str:
+        checked.append(passfile)
+        return "answers (UTF8, C)"
+
+    def store(password: str, check: Any = None) -> None:
+        check(tmp_path / ".database.pgpass.new")
+        stored.append(password)
+
+    monkeypatch.setattr(postgres, "check_remote", check_remote)
     monkeypatch.setattr(postgres, "check_server", lambda: pytest.fail("local server used"))
-    monkeypatch.setattr(secrets, "store_database_password", lambda password: stored.append(
-        password))
+    monkeypatch.setattr(secrets, "store_database_password", store)
     remote = {"database_host": "db.example.org", "database_port": 5433,
               "database_name": "synapse", "database_user": "synapse_user"}
     lines: list[str] = []
@@ -296,6 +305,8 @@ def test_migrate_to_a_remote_server_stores_the_password_and_checks_there(
     assert db_migrate.migrate(lines.append, remote=remote, password="pw") == Counts(2, 1)
 
     assert stored == ["pw"]
+    # The new password is checked from its temporary file before it replaces the passfile.
+    assert checked[0] == tmp_path / ".database.pgpass.new"
     assert host.targets == ["PostgreSQL database synapse on db.example.org:5433"]
     assert host.stacks[-1] | remote == host.stacks[-1]
     assert host.stacks[-1]["database"] == "postgresql"

@@ -168,7 +168,8 @@ def test_change_refused_by_apache_puts_stack_yaml_and_every_applied_file_back(
                apply_settings=apply_settings)
 
     assert files_and_modes(applied_root) == before
-    assert system.calls[-1] == ("restart", "matrix-synapse", "coturn", "apache2")
+    # Refused before any restart: every unit still runs the old files, none is restarted.
+    assert system.calls[-1] == ("validate_apache",)
 
 
 def test_current_settings_are_those_of_stack_yaml(tmp_path: Path) -> None:

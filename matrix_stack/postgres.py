@@ -173,13 +173,18 @@ def describe_block(block: dict[str, Any]) -> tuple[str, bool]:
     return f"PostgreSQL database {name} on {host}:{arguments.get('port') or 5432}", False
 
 
+
+
+# The tables that hold Synapse's data: a database with a row in none of them holds none.
+DATA_TABLES = ("users", "rooms", "events")
 SCHEMA_SQL = (
     "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' "
-    "AND table_name IN ('users', 'rooms', 'events')"
+    f"AND table_name IN ({', '.join(repr(table) for table in DATA_TABLES)})"
 )
 HOLDS_DATA_SQL = (
-    "SELECT (EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms) "
-    "OR EXISTS (SELECT 1 FROM events))::int"
+    "SELECT ("
+    + " OR ".join(f"EXISTS (SELECT 1 FROM {table})" for table in DATA_TABLES)
+    + ")::int"
 )
 
 
@@ -257,7 +262,6 @@ connection = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
 print(sum(connection.execute("SELECT EXISTS (SELECT 1 FROM %s)" % table).fetchone()[0]
           for table in sys.argv[2:]))
 """
-DATA_TABLES = ("users", "rooms", "events")
 
 
 def sqlite_holds_data(path: Path) -> bool:

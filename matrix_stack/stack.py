@@ -20,7 +20,7 @@ from matrix_stack.answers import ANSWERS, FILE_ONLY_KEYS, QUESTION_OF_KEY
 from matrix_stack.errors import MatrixStackError, SettingsError
 from matrix_stack.files import FileSpec, host_path, write_atomic
 from matrix_stack.settings import Settings
-from matrix_stack.undo import Undo
+from matrix_stack.undo import Undo, describe_problems
 
 STACK_PATH = Path("/etc/matrix-stack/stack.yaml")
 
@@ -178,7 +178,7 @@ def change(
     except BaseException as error:
         _reverted, problems = undo.put_back()
         if problems:
-            stuck = ", ".join(f"{path} ({reason})" for path, reason in problems.items())
+            stuck = describe_problems(problems)
             if isinstance(error, MatrixStackError):
                 error.args = (f"{error}; and could not put back {stuck}",)
             else:

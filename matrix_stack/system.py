@@ -18,6 +18,7 @@ from matrix_stack.render import APACHE_SITE_PATH, SYNAPSE_CONF_PATH, TURNSERVER_
 from matrix_stack.servername import SERVER_NAME_PATH
 from matrix_stack.settings import Settings
 from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH
+from matrix_stack.undo import describe_problems
 
 PENDING_RESTARTS_PATH = Path("/var/lib/matrix-stack/pending-restarts")
 # The order units restart in: Synapse first (Apache proxies it), Apache last.
@@ -180,7 +181,7 @@ def describe_state(
     if not (reverted or problems or restarted or failed):
         return NOTHING_CHANGED
     if problems:
-        stuck = ", ".join(f"{path} ({reason})" for path, reason in problems.items())
+        stuck = describe_problems(problems)
         state = f"could not put back {stuck}; every other file is back as it was"
     else:
         state = "every file is back as it was"

@@ -83,3 +83,8 @@ class Undo:
             except OSError as error:
                 failures[saved.path] = str(error.strerror or error)
         return changed, failures
+
+
+def describe_problems(problems: dict[Path, str]) -> str:
+    """Return the files that could not be put back, with why, as one error line shows them."""
+    return ", ".join(f"{path} ({reason})" for path, reason in problems.items())

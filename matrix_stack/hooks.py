@@ -17,7 +17,7 @@ from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.settings import Settings
 from matrix_stack.stack import change
-from matrix_stack.system import System, restart_pending, system_for
+from matrix_stack.system import System, system_for
 
 PROGRAM = "matrix-stack"
 ADMIN_PASSWORD_QUESTION = "matrix-stack/admin-password"
@@ -46,7 +46,6 @@ def configure(
     A new database password is swapped in within it: any failure leaves the old one.
     """
     system = system or system_for(root)
-    lines, _failed = restart_pending(system, root)
 
     def edit(stack: dict[str, object]) -> dict[str, object]:
         return {**stack, **answers.yaml_from_debconf(debconf)}
@@ -58,7 +57,8 @@ def configure(
 
     changed = change(edit, root=root, source="debconf", apply_settings=apply_settings,
                      keeps=[secrets.DATABASE_PASSFILE], missing_ok=True)
-    return Configured(changed.settings, [*changed.settings.warnings, *lines, *changed.lines])
+    # apply itself first restarts, and reports, what an interrupted earlier run left pending.
+    return Configured(changed.settings, [*changed.settings.warnings, *changed.lines])
 
 
 def store_database_password(

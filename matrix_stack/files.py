@@ -14,7 +14,7 @@ import hashlib
 import os
 import pwd
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,10 +184,17 @@ def write_atomic(spec: FileSpec, root: Path, *, text: str | None = None) -> None
     replace_file(target, (spec.text if text is None else text).encode("utf-8"), spec.mode, ids)
 
 
-def replace_file(target: Path, data: bytes, mode: int, ids: tuple[int, int] | None) -> None:
-    """Replace target with data atomically: temp file beside it, chown (ids), chmod, fsync,
-    rename, fsync of the directory."""
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+def replace_file(
+    target: Path,
+    data: bytes,
+    mode: int,
+    ids: tuple[int, int] | None,
+    check: Callable[[Path], object] | None = None,
+) -> None:
+    """Replace target with data atomically: temp file beside it (made exclusively), chown
+    (ids), chmod, fsync, check (given the temp file; raising keeps target as it was), rename,
+    fsync of the directory."""
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.new-")
     try:
         if ids is not None and ids != (os.geteuid(), os.getegid()):
             os.fchown(descriptor, *ids)
@@ -196,6 +203,8 @@ def replace_file(target: Path, data: bytes, mode: int, ids: tuple[int, int] | No
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        if check is not None:
+            check(Path(temporary))
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

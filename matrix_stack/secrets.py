@@ -9,13 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.files import (
-    create_exclusive,
-    fsync_directory,
-    host_path,
-    lookup_ids,
-    sets_ownership,
-)
+from matrix_stack.files import host_path, lookup_ids, replace_file, sets_ownership
 
 SECRETS_DIR = Path("/etc/matrix-stack/secrets")
 REGISTRATION_SECRET_PATH = SECRETS_DIR / "registration_shared_secret"
@@ -96,23 +90,11 @@ def store_database_password(
     renamed over it only once check, given the new file, accepted it; it is removed in any
     other case, so a refused password leaves the old file as it was.
     """
-    line = pgpass_line(password)
+    data = pgpass_line(password).encode("utf-8")
     target = host_path(DATABASE_PASSFILE, root)
     target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    ids = lookup_ids(SECRET_OWNER, "root") if sets_ownership(root) else (os.geteuid(), os.getegid())
-    staged = target.with_name(f".{target.name}.new-{random_source.token_hex(8)}")
-    descriptor = create_exclusive(staged, *ids, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(line)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if check is not None:
-            check(staged)
-        os.replace(staged, target)
-        fsync_directory(target.parent)
-    finally:
-        staged.unlink(missing_ok=True)
+    ids = lookup_ids(SECRET_OWNER, "root") if sets_ownership(root) else None
+    replace_file(target, data, 0o600, ids, check)
 
 
 def has_database_password(root: Path = Path("/")) -> bool:

@@ -92,6 +92,8 @@ FILE_ONLY_KEYS: tuple[str, ...] = (
     "element_latest_url",
     # Peers also trusted as key servers (matrix-stack-admin federation allow --key-server).
     "federation_key_servers",
+    # Synapse's SQLite file, where it already was on a server taken over (matrix-stack-admin adopt).
+    "database_path",
     # The daily backup (matrix-stack-admin backup --schedule): off or daily, where, how many.
     "backup_schedule",
     "backup_dir",

@@ -22,7 +22,7 @@ from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import create_exclusive, lookup_ids
-from matrix_stack.host import SYNAPSE_SQLITE_PATH, synapse_has_database
+from matrix_stack.host import SYNAPSE_SQLITE_PATH, synapse_has_database, synapse_sqlite_path
 from matrix_stack.run import run
 from matrix_stack.services import SYNAPSE_USER
 from matrix_stack.services import synapse_unit as systemctl
@@ -192,7 +192,7 @@ def migrate(
     sqlite = synapse_has_database()
     if sqlite is None:
         raise MatrixStackError(
-            f"{SYNAPSE_SQLITE_PATH} holds no data: answer postgresql instead, with: "
+            f"{synapse_sqlite_path()} holds no data: answer postgresql instead, with: "
             "dpkg-reconfigure matrix-stack"
         )
     new_stack = {**old_stack, **(remote or {"database_host": ""}), "database": "postgresql"}

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix_stack import answers, postgres, secrets
+from matrix_stack import adopt, answers, postgres, secrets
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.files import host_path
 from matrix_stack.settings import Settings
-from matrix_stack.stack import change
+from matrix_stack.stack import STACK_PATH, change
 from matrix_stack.system import System, system_for
 
 PROGRAM = "matrix-stack"
@@ -46,19 +47,46 @@ def configure(
     A new database password is swapped in within it: any failure leaves the old one.
     """
     system = system or system_for(root)
+    # The first configuration takes over what the server already has (a Synapse set up by
+    # hand keeps its database, secrets and federation partners); a server that cannot be
+    # taken over safely is refused here, before anything changed.
+    adoption = None
+    if not host_path(STACK_PATH, root).exists():
+        adoption = adopt.take_over_plan(root)
+    file_only = {
+        key: value
+        for key, value in (adoption.proposed if adoption else {}).items()
+        if key in answers.FILE_ONLY_KEYS
+    }
 
     def edit(stack: dict[str, object]) -> dict[str, object]:
-        return {**stack, **answers.yaml_from_debconf(debconf)}
+        return {**stack, **file_only, **answers.yaml_from_debconf(debconf)}
 
     def apply_settings(settings: Settings) -> list[str]:
         store_database_password(debconf, settings, root, check_password)
-        return apply(settings, root=root, debconf_ok=True, set_synapse_answer=set_synapse_answer,
-                     system=system).lines()
+        taken = adopt.carry_out(adoption, settings, root) if adoption else []
+        return taken + apply(settings, root=root, debconf_ok=True,
+                             set_synapse_answer=set_synapse_answer, system=system).lines()
 
+    keeps = [secrets.DATABASE_PASSFILE]
+    if adoption:
+        keeps += adopt.undo_paths(adoption)
     changed = change(edit, root=root, source="debconf", apply_settings=apply_settings,
-                     keeps=[secrets.DATABASE_PASSFILE], missing_ok=True)
+                     keeps=keeps, missing_ok=True)
+    said = []
+    if adoption and not adoption.empty:
+        adopt.finish(adoption, root)
+        said = [f"adopt: {line}" for line in adoption.lines]
+        if set_synapse_answer is not None:
+            # Debian's matrix-synapse postinst rewrites conf.d/server_name.yaml from its own
+            # answer at every upgrade; the recipe says that answer does not matter.
+            set_synapse_answer(changed.settings.server_name)
+            said.append(
+                f"adopt: matrix-synapse/server-name (debconf) is {changed.settings.server_name}, "
+                "so that matrix-synapse's upgrades write the same server_name.yaml"
+            )
     # apply itself first restarts, and reports, what an interrupted earlier run left pending.
-    return Configured(changed.settings, [*changed.settings.warnings, *changed.lines])
+    return Configured(changed.settings, [*said, *changed.settings.warnings, *changed.lines])
 
 
 def store_database_password(
@@ -133,6 +161,11 @@ def run_configure(
     a bug or an interrupt (debconf's database would keep them in clear text otherwise).
     """
     try:
+        from matrix_stack.render import TURNSERVER_CONF_PATH
+        from matrix_stack.services import stop_open_coturn
+
+        # Silent: apply starts it with our configuration, and says so.
+        stop_open_coturn(TURNSERVER_CONF_PATH)
         configured = configure(session, set_synapse_answer=set_synapse_answer)
         for line in configured.lines:
             print(f"{PROGRAM}: {line}", file=sys.stderr)

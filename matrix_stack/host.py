@@ -10,7 +10,7 @@ from pathlib import Path
 
 from matrix_stack.settings import Settings
 
-SYNAPSE_SQLITE_PATH = Path("/var/lib/matrix-synapse/homeserver.db")
+SYNAPSE_SQLITE_PATH = Path("/var/lib/matrix-synapse/homeserver.db")  # Debian's packages
 # Documentation addresses (RFC 5737, RFC 3849): connect() on UDP only picks a route, sends nothing.
 _PROBE_ADDRESSES = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
 
@@ -88,10 +88,28 @@ def is_private_address(address: str) -> bool:
     return any(parsed in network for network in PRIVATE_NETWORKS)
 
 
+def synapse_sqlite_path(root: Path = Path("/")) -> Path:
+    """Return the SQLite file Synapse's configuration names (Debian's place if it names none).
+
+    A server built by hand keeps it where it was made (the wiki recipe: /etc/matrix-synapse).
+    """
+    from matrix_stack.errors import MatrixStackError
+    from matrix_stack.synapse_config import read_merged_config
+    from matrix_stack.synapse_db import Engine, parse_database
+
+    try:
+        database = parse_database(read_merged_config(root))
+    except MatrixStackError:
+        return SYNAPSE_SQLITE_PATH
+    if database.engine is Engine.SQLITE and database.sqlite_path is not None:
+        return database.sqlite_path
+    return SYNAPSE_SQLITE_PATH
+
+
 def synapse_has_database(root: Path = Path("/")) -> Path | None:
     """Return Synapse's SQLite database if it holds data (the server name is then fixed)."""
-    path = root / SYNAPSE_SQLITE_PATH.relative_to("/")
+    sqlite = synapse_sqlite_path(root)
     try:
-        return SYNAPSE_SQLITE_PATH if path.stat().st_size > 0 else None
+        return sqlite if (root / sqlite.relative_to("/")).stat().st_size > 0 else None
     except FileNotFoundError:
         return None

@@ -157,6 +157,7 @@ def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[File
         "registration_secret_path": str(REGISTRATION_SECRET_PATH),
         "database_passfile": str(DATABASE_PASSFILE),
         "turn_secret_path": str(TURN_SECRET_PATH),
+        "moved_secrets": secrets.moved,
         "denied_ranges": denied_ranges(),
         "allowed_peers": allowed_peers(facts),
         "turn_address_private": turn_address_private(settings, facts),

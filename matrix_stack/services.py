@@ -138,7 +138,7 @@ def _a2query(flag: str, name: str) -> int:
     return run(["a2query", flag, name], check=False).returncode
 
 
-def _record(path: Path, names: list[str], root: Path) -> None:
+def record(path: Path, names: list[str], root: Path) -> None:
     """Add names to a record of what matrix-stack changed (postrm purge undoes exactly that)."""
     if not names:
         return
@@ -158,17 +158,22 @@ def _default_site_shadows(settings: Settings) -> bool:
     if _a2query("-s", DEFAULT_SITE) != 0:
         return False
     site = Path("/etc/apache2/sites-available") / f"{DEFAULT_SITE}.conf"
-    conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", "apache2"], check=False).stdout
+    hostnames = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return is_stock_conffile("apache2", site) and bool(hostnames & set(settings.certificate_names))
+
+
+def is_stock_conffile(package: str, path: Path) -> bool:
+    """Return whether path is still the conffile package shipped (same MD5 as dpkg recorded)."""
+    conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", package], check=False).stdout
     recorded = next(
-        (line.split()[1] for line in conffiles.splitlines() if line.split()[:1] == [str(site)]),
+        (line.split()[1] for line in conffiles.splitlines() if line.split()[:1] == [str(path)]),
         None,
     )
     try:
-        current = hashlib.md5(site.read_bytes(), usedforsecurity=False).hexdigest()
+        current = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
     except FileNotFoundError:
         return False
-    hostnames = {socket.gethostname().lower(), socket.getfqdn().lower()}
-    return current == recorded and bool(hostnames & set(settings.certificate_names))
+    return current == recorded
 
 
 def _enabled_modules(root: Path) -> set[str]:
@@ -194,10 +199,10 @@ def ensure_apache_enabled(settings: Settings, root: Path = Path("/")) -> tuple[s
         run(["a2enmod", "-m", "-q", module])
     # a2enmod also enables what a module depends on (ssl: socache_shmcb); record them all.
     enabled = sorted(_enabled_modules(root) - before)
-    _record(APACHE_MODULES_RECORD, enabled, root)
+    record(APACHE_MODULES_RECORD, enabled, root)
     if _default_site_shadows(settings):
         run(["a2dissite", "-m", "-q", DEFAULT_SITE])
-        _record(APACHE_SITES_RECORD, [DEFAULT_SITE], root)
+        record(APACHE_SITES_RECORD, [DEFAULT_SITE], root)
         enabled.append(f"disabled-site:{DEFAULT_SITE}")
     site_state = _a2query("-s", APACHE_SITE)
     if site_state == 32:
@@ -274,20 +279,36 @@ def set_turn_service(enabled: bool, root: Path = Path("/")) -> list[str]:
     """
     if not SYSTEMD_RUNNING.exists():
         return []
-    record = host_path(COTURN_DISABLED_RECORD, root)
+    marker = host_path(COTURN_DISABLED_RECORD, root)
     if not enabled:
         state = run(["systemctl", "is-enabled", "coturn.service"], check=False).stdout.strip()
         if state != "enabled":
             return []
         switch_unit("coturn.service", False, check=False)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text("coturn was disabled by matrix-stack (matrix-stack/turn-enable)\n")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("coturn was disabled by matrix-stack (matrix-stack/turn-enable)\n")
         return ["stop and disable coturn (TURN is off)"]
-    if not record.exists():
+    if not marker.exists():
         return []
     switch_unit("coturn.service", True, check=False)
-    record.unlink()
+    marker.unlink()
     return ["enable and start coturn (TURN is on)"]
+
+
+COTURN_OWN_CONF = Path("/etc/turnserver.conf")
+
+
+def stop_open_coturn(ours: Path) -> bool:
+    """Stop coturn while matrix-stack's configuration (ours) is not written yet and coturn
+    runs Debian's stock /etc/turnserver.conf, where every option is commented out: it would
+    relay for anyone. A turnserver.conf the admin wrote keeps coturn running until ours
+    replaces it. Return whether coturn was stopped; apply starts it again."""
+    if not SYSTEMD_RUNNING.exists() or ours.exists():
+        return False
+    if not is_stock_conffile("coturn", COTURN_OWN_CONF):
+        return False
+    run(["deb-systemd-invoke", "stop", "coturn.service"], check=False)
+    return True
 
 
 BACKUP_TIMER = "matrix-stack-backup.timer"

@@ -56,6 +56,9 @@ class BackupSchedule(enum.StrEnum):
 
 
 DEFAULT_DATABASE_NAME = "matrix_synapse"
+# Where Debian's packages keep Synapse's SQLite database; a server built by hand may keep it
+# elsewhere (the wiki recipe: /etc/matrix-synapse/homeserver.db), and it stays there.
+DEFAULT_SQLITE_PATH = "/var/lib/matrix-synapse/homeserver.db"
 DEFAULT_DATABASE_PORT = 5432
 _PG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 DEFAULT_BACKUP_DIR = "/var/backups/matrix-stack"
@@ -89,6 +92,7 @@ class Settings:
     behind_proxy: bool = False
     proxy_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
     database: DatabaseMode = DatabaseMode.SQLITE
+    database_path: str = DEFAULT_SQLITE_PATH
     # Empty: PostgreSQL on this host (socket, peer authentication); else a remote server.
     database_host: str = ""
     database_port: int = DEFAULT_DATABASE_PORT
@@ -277,6 +281,14 @@ def check_directory(question: str, value: object) -> str:
     return text.rstrip("/") or "/"
 
 
+def check_absolute_path(question: str, value: object) -> str:
+    """Return an absolute, normalised file path (it need not exist), or raise SettingsError."""
+    text = str(value or "").strip()
+    if not text.startswith("/") or "\n" in text or any(p == ".." for p in text.split("/")):
+        raise SettingsError(question, value, "must be an absolute file path")
+    return "/" + "/".join(part for part in text.split("/") if part not in ("", "."))
+
+
 def check_keep(question: str, value: object) -> int:
     """Return how many archives to keep: a whole number from 1 to MAX_BACKUP_KEEP."""
     text = str(value).strip()
@@ -386,6 +398,7 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         database=get(
             "database", lambda q, v: check_choice(q, v, DatabaseMode), DatabaseMode.SQLITE
         ),
+        database_path=get("database_path", check_absolute_path, DEFAULT_SQLITE_PATH),
         database_host=get("database_host", check_database_host),
         database_port=get("database_port", check_port, DEFAULT_DATABASE_PORT),
         database_name=get("database_name", check_pg_identifier, DEFAULT_DATABASE_NAME),

@@ -147,3 +147,16 @@ def copy_root(source: Path, destination: Path) -> Path:
             text = record.read_text(encoding="utf-8")
             record.write_text(text.replace(str(source), str(destination)), encoding="utf-8")
     return destination
+
+
+class Answers:
+    """A debconf database in a dict, remembering what was set."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = dict(values)
+
+    def get(self, question: str) -> str:
+        return self.values.get(question, "")
+
+    def set(self, question: str, value: str) -> None:
+        self.values[question] = value

@@ -18,7 +18,7 @@ from matrix_stack.hooks import (
 )
 from matrix_stack.settings import Settings, from_mapping
 from matrix_stack.stack import read_stack, write_stack
-from tests.unit.helpers import BASE_STACK, FakeSystem, files_and_modes
+from tests.unit.helpers import BASE_STACK, Answers, FakeSystem, files_and_modes
 
 
 @pytest.mark.parametrize("argv", [[], ["remove"], ["Configure"]])
@@ -27,19 +27,6 @@ def test_main_without_configure_exits_2_with_usage(
 ) -> None:
     assert main(argv) == 2
     assert capsys.readouterr().err == "usage: matrix-stack hook configure\n"
-
-
-class Answers:
-    """A debconf database in a dict, remembering what was set."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = dict(values)
-
-    def get(self, question: str) -> str:
-        return self.values.get(question, "")
-
-    def set(self, question: str, value: str) -> None:
-        self.values[question] = value
 
 
 REMOTE = from_mapping({"server_name": "example.org", "database": "postgresql",

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from matrix_stack.backup_archive import (
 )
 from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.run import last_line
+from matrix_stack.run import run, run_streaming
 from matrix_stack.synapse_config import read_merged_config
 
 STACK_DIR = Path("/etc/matrix-stack")
@@ -147,26 +146,16 @@ def dump_postgresql(stage: Path) -> tuple[Path, Counts]:
     counts = count_postgresql()
     dump = stage / "matrix_synapse.pgdump"
     with dump.open("wb") as output:
-        result = subprocess.run(
-            ["runuser", "-u", "postgres", "--", "pg_dump", "-Fc", "-d", postgres.DATABASE],
-            stdout=output,
-            stderr=subprocess.PIPE,
-            text=False,
-            check=False,
-        )
-    if result.returncode != 0:
-        error = last_line(result.stderr.decode(errors="replace"))
-        raise MatrixStackError(f"pg_dump failed: {error}")
+        run_streaming(["pg_dump", "-Fc", "-d", postgres.DATABASE], stdout=output,
+                      user="postgres")
     return dump, counts
 
 
 def package_versions() -> dict[str, str]:
     versions = {}
     for package in ("matrix-stack", "matrix-synapse", "matrix-synapse-py3"):
-        result = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Version}", package],
-            capture_output=True, text=True, check=False,
-        )
+        result = run(["dpkg-query", "-W", "-f", "${Version}", package], check=False,
+                     timeout=60)
         if result.returncode == 0 and result.stdout:
             versions[package] = result.stdout
     return versions

@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any
 from matrix_stack.errors import MatrixStackError, UsageError
 
 if TYPE_CHECKING:  # imported when needed: the command line starts faster
-    from matrix_stack.settings import Settings
+    pass
 
 # The postinst never waits longer than this for Element (a slow or offline network).
-POSTINST_SECONDS = 60.0
 DOWNGRADE_HELP = (
     "install a release older than the one served (refused otherwise: a stale mirror or a "
     "tampered download can offer an old, validly signed release)"
@@ -83,17 +82,6 @@ def _downloader() -> Any:
     return Downloader(progress=Progress())
 
 
-def _installed_line(outcome: Any) -> str:
-    if not outcome.changed:
-        return f"Element {outcome.version} is already installed"
-    kept = (
-        f"; {outcome.replaced} kept for: matrix-stack-admin element rollback"
-        if outcome.replaced
-        else ""
-    )
-    return f"installed Element {outcome.version} (signature verified){kept}"
-
-
 def status_lines(settings: Any, root: Path = Path("/")) -> list[str]:
     """Return what element status prints: served, previous, configured."""
     from matrix_stack import element
@@ -136,7 +124,7 @@ def run_fetch(arguments: argparse.Namespace) -> int:
         _settings(), requested, downloader=_downloader(),
         allow_downgrade=arguments.allow_downgrade,
     )
-    print(_installed_line(outcome))
+    print(element.installed_line(outcome))
     return 0
 
 
@@ -152,7 +140,7 @@ def run_install(arguments: argparse.Namespace) -> int:
     ensure_root()
     outcome = element.install(_settings(), tarball.resolve(), signature.resolve(),
                               downloader=_downloader(), allow_downgrade=arguments.allow_downgrade)
-    print(_installed_line(outcome))
+    print(element.installed_line(outcome))
     return 0
 
 
@@ -164,25 +152,3 @@ def run_rollback(arguments: argparse.Namespace) -> int:
     now, before = element.rollback()
     print(f"serving Element {now} again; {before or 'the placeholder'} kept for another rollback")
     return 0
-
-
-def postinst_lines(root: Path = Path("/"), settings: Settings | None = None) -> list[str]:
-    """Install the configured Element if none (or another pinned version) is served.
-
-    settings: those the postinst just applied (default: stack.yaml's). Never raises: the
-    package configuration must not fail for lack of a network.
-    """
-    from matrix_stack import element
-    from matrix_stack.element_download import Deadline, Downloader
-    from matrix_stack.stack import current_settings
-
-    try:
-        settings = settings or current_settings(root)
-        current = element.installed(root).current
-        if current is not None and settings.element_version in ("latest", current):
-            return []
-        downloader = Downloader(Deadline(POSTINST_SECONDS))
-        return [_installed_line(element.fetch(settings, root=root, downloader=downloader))]
-    except Exception as error:  # noqa: BLE001 - any failure is one warning, never a failed install
-        reason = str(error) if isinstance(error, MatrixStackError) else repr(error)
-        return [f"Element not installed ({reason}); retry with: matrix-stack-admin element fetch"]

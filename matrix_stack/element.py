@@ -268,3 +268,40 @@ def rollback(root: Path = Path("/")) -> tuple[str, str | None]:
         if state.current is not None:
             _set_link(directory / "previous", f"element-v{state.current}")
         return state.previous, state.current
+
+
+# How long the postinst waits for a release before going on without Element.
+POSTINST_SECONDS = 60.0
+
+
+def installed_line(outcome: Outcome) -> str:
+    """Return the one line that says what an install or fetch did."""
+    if not outcome.changed:
+        return f"Element {outcome.version} is already installed"
+    kept = (
+        f"; {outcome.replaced} kept for: matrix-stack-admin element rollback"
+        if outcome.replaced
+        else ""
+    )
+    return f"installed Element {outcome.version} (signature verified){kept}"
+
+
+def postinst_lines(root: Path = Path("/"), settings: Settings | None = None) -> list[str]:
+    """Install the configured Element if none (or another pinned version) is served.
+
+    settings: those the postinst just applied (default: stack.yaml's). Never raises: the
+    package configuration must not fail for lack of a network.
+    """
+    from matrix_stack.element_download import Deadline
+    from matrix_stack.stack import current_settings
+
+    try:
+        settings = settings or current_settings(root)
+        current = installed(root).current
+        if current is not None and settings.element_version in ("latest", current):
+            return []
+        downloader = Downloader(Deadline(POSTINST_SECONDS))
+        return [installed_line(fetch(settings, root=root, downloader=downloader))]
+    except Exception as error:  # noqa: BLE001 - any failure is one warning, never a failed install
+        reason = str(error) if isinstance(error, MatrixStackError) else repr(error)
+        return [f"Element not installed ({reason}); retry with: matrix-stack-admin element fetch"]

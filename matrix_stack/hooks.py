@@ -171,7 +171,7 @@ def run_configure(
             print(f"{PROGRAM}: {line}", file=sys.stderr)
         for line in bootstrap(session, configured.settings.server_name):
             print(f"{PROGRAM}: {line}", file=sys.stderr)
-        from matrix_stack.cli_element import postinst_lines
+        from matrix_stack.element import postinst_lines
 
         # Never raises: Element is fetched best-effort.
         for line in postinst_lines(settings=configured.settings):

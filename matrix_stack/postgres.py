@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from matrix_stack import files
 from matrix_stack.errors import CommandError, MatrixStackError
 from matrix_stack.host import synapse_has_database
 from matrix_stack.render import SYNAPSE_CONF_PATH
-from matrix_stack.run import last_line, run
+from matrix_stack.run import run, run_streaming
 from matrix_stack.secrets import DATABASE_PASSFILE
 from matrix_stack.settings import DatabaseMode, Settings
 
@@ -56,7 +55,7 @@ Runner = Callable[[Sequence[str]], str]
 
 def psql_as_postgres(argv: Sequence[str]) -> str:
     """Run psql as the postgres superuser over the local socket; return its output."""
-    return run(["runuser", "-u", "postgres", "--", "psql", "-XAtq", *argv], timeout=60).stdout
+    return run(["psql", "-XAtq", *argv], user="postgres", timeout=60).stdout
 
 
 def query(sql: str, runner: Runner = psql_as_postgres, database: str = "postgres") -> str:
@@ -108,22 +107,16 @@ def restore_dump(dump: Path, name: str) -> None:
     """Create database name and load a pg_dump -Fc file into it, objects owned by ROLE."""
     drop_database(name)
     query(create_database_sql(name))
-    with dump.open("rb") as stream:
-        result = subprocess.run(
-            [
-                "runuser", "-u", "postgres", "--", "pg_restore", "--no-owner",
-                "--no-privileges", f"--role={ROLE}", "--single-transaction",
-                "--exit-on-error", "-d", name,
-            ],
-            stdin=stream,
-            capture_output=True,
-            check=False,
-        )
-    if result.returncode != 0:
+    try:
+        with dump.open("rb") as stream:
+            run_streaming(
+                ["pg_restore", "--no-owner", "--no-privileges", f"--role={ROLE}",
+                 "--single-transaction", "--exit-on-error", "-d", name],
+                stdin=stream, user="postgres",
+            )
+    except CommandError:
         drop_database(name)
-        raise MatrixStackError(
-            f"pg_restore failed: {last_line(result.stderr.decode(errors='replace'))}"
-        )
+        raise
 
 
 def database_is_empty(runner: Runner = psql_as_postgres) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 import importlib
+import os
+import pwd
 import sqlite3
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -19,7 +21,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from matrix_stack.as_user import call_as_user, peer_user
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
 
@@ -28,7 +29,6 @@ SYNAPSE_WORKING_DIRECTORY = Path("/var/lib/matrix-synapse")
 DEFAULT_SQLITE_PATH = SYNAPSE_WORKING_DIRECTORY / "homeserver.db"
 # Seconds to wait for a lock held by another connection (SQLite's busy timeout).
 SQLITE_TIMEOUT = 10.0
-_COUNT_LIMIT = 1 << 32
 
 
 class Engine(enum.StrEnum):
@@ -53,14 +53,6 @@ class ResetCounts:
     access_tokens: int
     pushers: int
 
-    # call_as_user brings one int back from its child process: both counts travel in it.
-    def as_int(self) -> int:
-        return self.access_tokens * _COUNT_LIMIT + self.pushers
-
-    @classmethod
-    def from_int(cls, number: int) -> ResetCounts:
-        access_tokens, pushers = divmod(number, _COUNT_LIMIT)
-        return cls(access_tokens, pushers)
 
 
 # Access tokens go first: access_tokens.refresh_token_id cascades from refresh_tokens, and
@@ -160,6 +152,19 @@ def parse_database(config: Mapping[str, Any]) -> Database:
         }
         return Database(Engine.POSTGRESQL, connect_args=MappingProxyType(connect_args))
     raise MatrixStackError(f"Synapse's database type {name!r} is not sqlite3 or psycopg2")
+
+
+def peer_user(connect_args: Mapping[str, object]) -> str | None:
+    """Return the unix user to become for a peer-authenticated socket connection, if any."""
+    host = str(connect_args.get("host") or "")
+    user = connect_args.get("user")
+    if os.geteuid() != 0 or not isinstance(user, str) or (host and not host.startswith("/")):
+        return None
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return user
 
 
 def reset_in_transaction(
@@ -263,10 +268,42 @@ def reset_password_offline(
     user = peer_user(dict(database.connect_args))
     if user is not None:
         # Peer authentication admits only the unix user named like the role (matrix-synapse).
-        return ResetCounts.from_int(call_as_user(
-            user,
-            lambda: reset_password_postgresql(
-                database.connect_args, user_id, password_hash
-            ).as_int(),
-        ))
+        return reset_password_as(user, database.connect_args, user_id, password_hash)
     return reset_password_postgresql(database.connect_args, user_id, password_hash)
+
+
+# Run as the role's unix user by reset_password_as: the request comes on stdin (the hash and
+# any connection secret never on argv), the counts go back on stdout, an error as its last
+# line on stderr.
+_RESET_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from matrix_stack.errors import MatrixStackError
+from matrix_stack.synapse_db import reset_password_postgresql
+request = json.load(sys.stdin)
+try:
+    counts = reset_password_postgresql(request["connect"], request["user"], request["hash"])
+except MatrixStackError as error:
+    sys.exit(str(error))
+print(json.dumps([counts.access_tokens, counts.pushers]))
+"""
+
+
+def reset_password_as(
+    user: str, connect_args: Mapping[str, Any], user_id: str, password_hash: str
+) -> ResetCounts:
+    """Run reset_password_postgresql in a child process as the unix user user."""
+    import json
+    import sys
+
+    from matrix_stack.run import last_line, run
+
+    request = json.dumps({"connect": dict(connect_args), "user": user_id, "hash": password_hash})
+    package_root = str(Path(__file__).resolve().parent.parent)
+    result = run([sys.executable, "-c", _RESET_CHILD, package_root], input_text=request,
+                 user=user, timeout=120, check=False)
+    if result.returncode != 0:
+        # The child's own one-line error (or the last line of a crash) is the last line.
+        raise MatrixStackError(last_line(result.stderr, [password_hash]))
+    access_tokens, pushers = json.loads(result.stdout)
+    return ResetCounts(access_tokens, pushers)

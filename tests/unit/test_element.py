@@ -19,7 +19,8 @@ import pytest
 from matrix_stack import element
 from matrix_stack import stack as stack_file
 from matrix_stack.cli import main
-from matrix_stack.cli_element import postinst_lines, status_lines
+from matrix_stack.cli_element import status_lines
+from matrix_stack.element import postinst_lines
 from matrix_stack.element_archive import (
     ArchiveError,
     Release,

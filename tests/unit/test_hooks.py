@@ -126,7 +126,7 @@ def test_run_configure_creates_the_administrator_then_forgets_the_passwords(
     monkeypatch.setattr("matrix_stack.hooks.configure",
                         lambda debconf, **options: Configured(LOCAL, ["applied"]))
     monkeypatch.setattr("matrix_stack.bootstrap.bootstrap_admin", bootstrap_admin)
-    monkeypatch.setattr("matrix_stack.cli_element.postinst_lines", postinst_lines)
+    monkeypatch.setattr("matrix_stack.element.postinst_lines", postinst_lines)
     debconf = Answers(SECRET_ANSWERS)
 
     assert run_configure(debconf) == 0

@@ -119,16 +119,16 @@ def test_psql_as_postgres_runs_psql_as_the_postgres_user_without_a_shell(
     class Done:
         stdout = "1\n"
 
-    def fake_run(argv: Sequence[str], **_: object) -> Done:
-        seen.append(list(argv))
+    def fake_run(argv: Sequence[str], **options: object) -> Done:
+        seen.append([f"user={options.get('user')}", *argv])
         return Done()
 
     monkeypatch.setattr(postgres, "run", fake_run)
 
     assert postgres.query("SELECT 1") == "1"
     assert seen == [
-        ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "postgres", "-v",
-         "ON_ERROR_STOP=1", "-c", "SELECT 1"]
+        ["user=postgres", "psql", "-XAtq", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
+         "SELECT 1"]
     ]
 
 

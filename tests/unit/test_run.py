@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+from pathlib import Path
+
 import pytest
 
 from matrix_stack.errors import CommandError
-from matrix_stack.run import last_line, mask_argv, run
+from matrix_stack.run import last_line, mask_argv, run, run_streaming
 
 
 def test_run_captures_output_as_text() -> None:
@@ -58,3 +62,34 @@ def test_mask_argv_replaces_every_secret_and_ignores_empty_ones() -> None:
 def test_last_line_skips_blank_lines_and_says_when_there_is_none() -> None:
     assert last_line("one\ntwo\n\n  \n") == "two"
     assert last_line(" \n") == "no output"
+
+
+def test_run_streaming_moves_binary_data_both_ways(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(data)
+    with source.open("rb") as stdin, target.open("wb") as stdout:
+        run_streaming(["cat"], stdin=stdin, stdout=stdout)
+    assert target.read_bytes() == data
+
+
+def test_run_streaming_failing_raises_with_its_last_error_line_masked() -> None:
+    with pytest.raises(CommandError) as raised:
+        run_streaming(["sh", "-c", "echo first >&2; echo 'bad s3cret' >&2; exit 4"],
+                      secrets=["s3cret"])
+    assert str(raised.value) == "sh failed (exit 4): bad ***"
+
+
+def test_run_streaming_past_its_timeout_raises(tmp_path: Path) -> None:
+    with (tmp_path / "out").open("wb") as stdout, pytest.raises(CommandError,
+                                                                  match="did not finish"):
+        run_streaming(["sleep", "5"], stdout=stdout, timeout=0.2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_run_as_user_gets_that_users_identity_and_home() -> None:
+    entry = pwd.getpwnam("nobody")
+    result = run(["sh", "-c", 'id -u; id -G; echo "$HOME $USER $LOGNAME"'], user="nobody")
+    uid, groups, environment = result.stdout.splitlines()
+    assert (int(uid), groups.split()) == (entry.pw_uid, [str(entry.pw_gid)])
+    assert environment == f"{entry.pw_dir} nobody nobody"

@@ -31,6 +31,8 @@ from matrix_stack.synapse_db import (
     Engine,
     ResetCounts,
     parse_database,
+    peer_user,
+    reset_password_as,
     reset_password_offline,
     reset_password_sqlite,
 )
@@ -83,9 +85,33 @@ def test_postgresql_reset_statements_are_the_same_queries_with_percent_s() -> No
     )
 
 
-def test_reset_counts_survive_the_one_int_call_as_user_returns() -> None:
-    counts = ResetCounts(access_tokens=70_000, pushers=3)
-    assert ResetCounts.from_int(counts.as_int()) == counts
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+
+
+@as_root
+def test_peer_user_is_the_role_for_a_socket_connection() -> None:
+    assert peer_user({"user": "root", "host": "/var/run/postgresql"}) == "root"
+    assert peer_user({"user": "root"}) == "root"
+
+
+def test_peer_user_is_none_over_tcp_or_for_an_unknown_unix_user() -> None:
+    assert peer_user({"user": "root", "host": "db.example.org"}) is None
+    assert peer_user({"user": "no-such-user-here", "host": "/var/run/postgresql"}) is None
+    assert peer_user({"host": "/var/run/postgresql"}) is None
+
+
+@as_root
+def test_a_reset_run_as_another_user_brings_its_error_back_as_one_line(tmp_path: Path) -> None:
+    # No server behind this socket directory: the child, run as nobody, cannot connect.
+    connect = {"host": str(tmp_path), "dbname": "matrix_synapse", "user": "nobody"}
+    with pytest.raises(MatrixStackError) as raised:
+        reset_password_as("nobody", connect, ALICE, NEW_HASH)
+    message = str(raised.value)
+    assert message.startswith((
+        "cannot connect to Synapse's database matrix_synapse: ",
+        "Synapse uses PostgreSQL but python3-psycopg2 is not installed",
+    )), message
+    assert "\n" not in message and NEW_HASH not in message
 
 
 def test_reset_statements_are_keyed_by_engine() -> None:

@@ -177,8 +177,9 @@ def own_server_name() -> str | None:
 
 
 def run_check(arguments: argparse.Namespace) -> int:
+    from matrix_stack.checks import Status
     from matrix_stack.federation_check import report_json, run_check, synapse_allow_list
-    from matrix_stack.federation_resolve import Network, Status, parse_server_name
+    from matrix_stack.federation_resolve import Network, parse_server_name
 
     own = own_server_name()
     if not arguments.server and own is None:

@@ -98,9 +98,14 @@ def run_credentials(arguments: argparse.Namespace) -> int:
 
 def run_test(arguments: argparse.Namespace) -> int:
     from matrix_stack.apply import ensure_root
-    from matrix_stack.turn_check import coturn_running, run_checks
+    from matrix_stack.checks import Steps, exit_status
+    from matrix_stack.turn_check import coturn_running, run_checks, srv_lines
     from matrix_stack.turn_config import load_turn_config
 
     ensure_root()
     config = load_turn_config()
-    return 0 if run_checks(config, running=coturn_running(), out=print) else 1
+    running = coturn_running()
+    checks = run_checks(config, running=running, steps=Steps(print))
+    if running is not False:
+        print("\n".join(srv_lines(config)))
+    return exit_status(checks)

@@ -8,32 +8,16 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from matrix_stack.checks import Check, Steps, exit_status, failures
 from matrix_stack.errors import MatrixStackError
 
 CERTIFICATE_WARNING_DAYS = 14
 MEDIA_PATH = Path("/var/lib/matrix-synapse")
 FREE_SPACE_WARNING = 2 * 1024**3  # bytes
 BACKUP_LATE_HOURS = 48
-
-
-@dataclass(frozen=True)
-class Check:
-    """One finding: ok, a warning (still ok), or a failure with a hint."""
-
-    name: str
-    ok: bool
-    detail: str
-    hint: str = ""
-    warning: bool = False
-
-    def line(self) -> str:
-        mark = "!" if self.warning else ("✓" if self.ok else "✗")
-        hint = f" — {self.hint}" if self.hint and (self.warning or not self.ok) else ""
-        return f"{mark} {self.name}: {self.detail}{hint}"
 
 
 def add_commands(commands: Any) -> None:
@@ -153,16 +137,15 @@ def check_synapse() -> list[Check]:
     return [Check("synapse", True, f"Synapse {version} answers on 127.0.0.1:8008")]
 
 
-def check_captured(name: str, run: Callable[[Callable[[str], None]], bool]) -> list[Check]:
-    """Run a multi-line check (TURN, federation) and report it as one line."""
-    lines: list[str] = []
+def summarize(name: str, run: Callable[[], list[Check]]) -> list[Check]:
+    """Run a test of several steps (the TURN test) and report it as one check."""
     try:
-        ok = run(lines.append)
+        steps = run()
     except MatrixStackError as error:
         return [Check(name, False, str(error))]
-    failed = [line for line in lines if line.startswith("✗")]
-    detail = failed[0].lstrip("✗ ") if failed else f"{len(lines)} steps passed"
-    return [Check(name, ok, detail, f"run: matrix-stack-admin {name} for every step")]
+    failed = failures(steps)
+    detail = failed[0].text() if failed else f"{len(steps)} steps passed"
+    return [Check(name, not failed, detail, f"run: matrix-stack-admin {name} for every step")]
 
 
 def check_turn(settings: Any) -> list[Check]:
@@ -171,10 +154,12 @@ def check_turn(settings: Any) -> list[Check]:
     from matrix_stack.turn_check import coturn_running, run_checks
     from matrix_stack.turn_config import load_turn_config
 
-    def turn(out: Callable[[str], None]) -> bool:
-        return run_checks(load_turn_config(), running=coturn_running(), out=out)
+    def turn() -> list[Check]:
+        steps = Steps()
+        run_checks(load_turn_config(), running=coturn_running(), steps=steps)
+        return steps.checks
 
-    return check_captured("turn test", turn)
+    return summarize("turn test", turn)
 
 
 def check_element(settings: Any) -> list[Check]:
@@ -261,17 +246,18 @@ def run_doctor(arguments: argparse.Namespace) -> int:
             for check in found:
                 print(check.line(), flush=True)
     if arguments.json:
-        json.dump([asdict(check) for check in checks], sys.stdout, indent=2)
+        json.dump([check.as_json() for check in checks], sys.stdout, indent=2)
         print()
-    return 0 if all(check.ok for check in checks) else 1
+    return exit_status(checks)
 
 
 def federation_checks(settings: Any) -> list[Check]:
     """The federation self-check of this server, as another server would run it."""
     if settings.federation == "off":
         return [Check("federation", True, "off (matrix-stack/federation)")]
+    from matrix_stack.checks import Status
     from matrix_stack.federation_check import run_check
-    from matrix_stack.federation_resolve import Network, Status, parse_server_name
+    from matrix_stack.federation_resolve import Network, parse_server_name
 
     results = run_check(parse_server_name(settings.server_name), Network())
     failed = [result for result in results if result.status is Status.FAIL]
@@ -279,8 +265,8 @@ def federation_checks(settings: Any) -> list[Check]:
         return [Check("federation", True, f"{len(results)} checks passed (federation check)")]
     hint = "run: matrix-stack-admin federation check"
     if settings.tls == "self-signed" and all(
-        result.check == "tls" and "self-signed" in result.detail for result in failed
+        result.name == "tls" and "self-signed" in result.detail for result in failed
     ):
         # Expected with a self-signed certificate: only servers told to trust it federate.
         return [Check("federation", True, failed[0].detail, hint, warning=True)]
-    return [Check("federation", False, failed[0].line().lstrip("✗ "), hint)]
+    return [Check("federation", False, failed[0].text(), hint)]

@@ -18,15 +18,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from matrix_stack.checks import Check, Status
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.federation_resolve import (
-    Endpoint,
-    Network,
-    Result,
-    ServerName,
-    Status,
-    discover,
-)
+from matrix_stack.federation_resolve import Endpoint, Network, ServerName, discover
 
 MAX_BODY_BYTES = 1024 * 1024
 # OpenSSL's X509_V_ERR_* codes, as ssl.SSLCertVerificationError.verify_code gives them.
@@ -125,7 +119,7 @@ def _name_of(distinguished: Any) -> str:
     return common[0] if common else ", ".join(f"{key}={value}" for key, value in pairs)
 
 
-def check_certificate(endpoint: Endpoint, network: Network) -> tuple[Result, bool]:
+def check_certificate(endpoint: Endpoint, network: Network) -> tuple[Check, bool]:
     """Verify the endpoint's certificate for the delegated host; say if TLS works at all."""
     context = ssl.create_default_context(cafile=network.cafile)
     try:
@@ -138,51 +132,51 @@ def check_certificate(endpoint: Endpoint, network: Network) -> tuple[Result, boo
         except OSError:
             der = b""
         detail = describe_failure(error, der, endpoint.tls_name)
-        return Result("tls", Status.FAIL, detail, endpoint.label), bool(der)
+        return Check.of("tls", Status.FAIL, detail, endpoint.label), bool(der)
     except ssl.SSLError as error:
-        return Result("tls", Status.FAIL, f"TLS handshake failed ({error.reason or error})",
+        return Check.of("tls", Status.FAIL, f"TLS handshake failed ({error.reason or error})",
                       endpoint.label), False
     except OSError as error:
         reason = error.strerror or str(error) or type(error).__name__
-        return Result("tls", Status.FAIL, f"cannot connect ({reason})", endpoint.label), False
+        return Check.of("tls", Status.FAIL, f"cannot connect ({reason})", endpoint.label), False
     detail = (f"certificate valid for {endpoint.tls_name}, issued by "
               f"{_name_of(peer.get('issuer'))}, until {peer.get('notAfter', '?')}")
-    return Result("tls", Status.PASS, detail, endpoint.label), True
+    return Check.of("tls", Status.PASS, detail, endpoint.label), True
 
 
 def _iso(milliseconds: int) -> str:
     return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def judge_keys(body: Any, server_name: str, now: float, where: str = "") -> list[Result]:
+def judge_keys(body: Any, server_name: str, now: float, where: str = "") -> list[Check]:
     """Return the checks of a /_matrix/key/v2/server response (parsed JSON)."""
     from signedjson.key import decode_verify_key_bytes
     from signedjson.sign import SignatureVerifyException, verify_signed_json
     from unpaddedbase64 import decode_base64
 
     if not isinstance(body, dict):
-        return [Result("keys", Status.FAIL, "the response is not a JSON object", where)]
+        return [Check.of("keys", Status.FAIL, "the response is not a JSON object", where)]
     results = []
     claimed = body.get("server_name")
     if claimed == server_name:
-        results.append(Result("keys", Status.PASS, f"server_name is {server_name}", where))
+        results.append(Check.of("keys", Status.PASS, f"server_name is {server_name}", where))
     else:
-        results.append(Result("keys", Status.FAIL,
+        results.append(Check.of("keys", Status.FAIL,
                               f"server_name is {claimed!r}, not {server_name!r}", where))
     until = body.get("valid_until_ts")
     if type(until) is int and until > now * 1000:
         hours = (until - now * 1000) / 3_600_000
-        results.append(Result("keys", Status.PASS,
+        results.append(Check.of("keys", Status.PASS,
                               f"valid until {_iso(until)} (in {hours:.0f} h)", where))
     else:
         shown = _iso(until) if type(until) is int else repr(until)
-        results.append(Result("keys", Status.FAIL,
+        results.append(Check.of("keys", Status.FAIL,
                               f"valid_until_ts {shown} is not in the future", where))
     keys = body.get("verify_keys")
     keys = keys if isinstance(keys, dict) else {}
     ed25519 = sorted(key_id for key_id in keys if key_id.startswith("ed25519:"))
     if not ed25519:
-        results.append(Result("keys", Status.FAIL, "no ed25519 verify key", where))
+        results.append(Check.of("keys", Status.FAIL, "no ed25519 verify key", where))
     signer = claimed if isinstance(claimed, str) else server_name
     for key_id in ed25519:
         entry = keys[key_id]
@@ -192,19 +186,19 @@ def judge_keys(body: Any, server_name: str, now: float, where: str = "") -> list
                 raise ValueError(f"{len(key_bytes)} bytes, not 32")
             verify_signed_json(body, signer, decode_verify_key_bytes(key_id, key_bytes))
         except SignatureVerifyException as error:
-            results.append(Result("keys", Status.FAIL, f"{key_id} signature does not verify "
+            results.append(Check.of("keys", Status.FAIL, f"{key_id} signature does not verify "
                                   f"({error})", where))
         except (KeyError, TypeError, ValueError) as error:
-            results.append(Result("keys", Status.FAIL, f"{key_id} is not a valid ed25519 key "
+            results.append(Check.of("keys", Status.FAIL, f"{key_id} is not a valid ed25519 key "
                                   f"({error})", where))
         else:
-            results.append(Result("keys", Status.PASS,
+            results.append(Check.of("keys", Status.PASS,
                                   f"{key_id} signature by {signer} verifies", where))
     return results
 
 
 def check_endpoint(endpoint: Endpoint, server_name: str, network: Network,
-                   now: float) -> list[Result]:
+                   now: float) -> list[Check]:
     """Return the TLS, key and version checks of one address."""
     certificate, connected = check_certificate(endpoint, network)
     results = [certificate]
@@ -214,63 +208,63 @@ def check_endpoint(endpoint: Endpoint, server_name: str, network: Network,
     try:
         status, body = get_json(endpoint, "/_matrix/key/v2/server", network.timeout)
         if status != 200:
-            results.append(Result("keys", Status.FAIL, f"/_matrix/key/v2/server answered HTTP "
+            results.append(Check.of("keys", Status.FAIL, f"/_matrix/key/v2/server answered HTTP "
                                   f"{status}", where))
         else:
             results.extend(judge_keys(body, server_name, now, where))
         status, body = get_json(endpoint, "/_matrix/federation/v1/version", network.timeout)
     except (OSError, ValueError, http.client.HTTPException) as error:
-        results.append(Result("federation", Status.FAIL, f"request failed ({error})", where))
+        results.append(Check.of("federation", Status.FAIL, f"request failed ({error})", where))
         return results
     server = body.get("server") if isinstance(body, dict) else None
     if status == 200 and isinstance(server, dict):
         name = f"{server.get('name', '?')} {server.get('version', '')}".strip()
-        results.append(Result("version", Status.PASS, f"federation API answers: {name}", where))
+        results.append(Check.of("version", Status.PASS, f"federation API answers: {name}", where))
     else:
-        results.append(Result("version", Status.FAIL, "/_matrix/federation/v1/version answered "
+        results.append(Check.of("version", Status.FAIL, "/_matrix/federation/v1/version answered "
                               f"HTTP {status} without a server name and version", where))
     return results
 
 
-def judge_allow_list(server_name: str, whitelist: object) -> Result:
+def judge_allow_list(server_name: str, whitelist: object) -> Check:
     """Return whether Synapse's federation_domain_whitelist (None: absent) admits the server."""
     if whitelist is None:
-        return Result("allow-list", Status.PASS, "federation is open here: every server is "
+        return Check.of("allow-list", Status.PASS, "federation is open here: every server is "
                       "admitted")
     if not isinstance(whitelist, list) or not whitelist:
-        return Result("allow-list", Status.FAIL, "federation is off here (empty "
+        return Check.of("allow-list", Status.FAIL, "federation is off here (empty "
                       "federation_domain_whitelist); run: matrix-stack-admin federation mode "
                       "allow-list")
     if server_name in [str(item) for item in whitelist]:
-        return Result("allow-list", Status.PASS, f"{server_name} is on this server's allow-list")
-    return Result("allow-list", Status.FAIL, f"{server_name} is not on this server's "
+        return Check.of("allow-list", Status.PASS, f"{server_name} is on this server's allow-list")
+    return Check.of("allow-list", Status.FAIL, f"{server_name} is not on this server's "
                   f"allow-list; add it with: matrix-stack-admin federation allow {server_name}")
 
 
-def synapse_allow_list(server_name: str, own_name: str | None) -> Result:
+def synapse_allow_list(server_name: str, own_name: str | None) -> Check:
     """Return the allow-list check against Synapse's configuration in force."""
     from matrix_stack.synapse_config import read_merged_config
 
     if own_name is not None and server_name == own_name:
-        return Result("allow-list", Status.PASS, "not needed: this is this server")
+        return Check.of("allow-list", Status.PASS, "not needed: this is this server")
     try:
         config = read_merged_config()
     except MatrixStackError as error:
-        return Result("allow-list", Status.WARN, f"not checked ({error}; run as root)")
+        return Check.of("allow-list", Status.WARN, f"not checked ({error}; run as root)")
     return judge_allow_list(server_name, config.get("federation_domain_whitelist"))
 
 
 def run_check(
     server: ServerName,
     network: Network,
-    allow_list: Callable[[str], Result] | None = None,
+    allow_list: Callable[[str], Check] | None = None,
     now: float | None = None,
-) -> list[Result]:
+) -> list[Check]:
     """Return every check of server, in the order another server would go through them."""
     moment = time.time() if now is None else now
     results, endpoints = discover(server, network)
     if not endpoints and not any(r.status is Status.FAIL for r in results):
-        results.append(Result("dns", Status.FAIL, "no address to connect to"))
+        results.append(Check.of("dns", Status.FAIL, "no address to connect to"))
     for endpoint in endpoints:
         results.extend(check_endpoint(endpoint, str(server), network, moment))
     if allow_list is not None:
@@ -278,14 +272,14 @@ def run_check(
     return results
 
 
-def report_json(server: ServerName, results: list[Result]) -> str:
+def report_json(server: ServerName, results: list[Check]) -> str:
     """Return the results as JSON for scripts: ok, and every check with its status."""
     return json.dumps({
         "server": str(server),
         "ok": not any(result.status is Status.FAIL for result in results),
         "checks": [
-            {"check": r.check, "status": r.status.value, "detail": r.detail,
-             "address": r.address or None}
+            {"check": r.name, "status": r.status.value, "detail": r.detail,
+             "address": r.where or None}
             for r in results
         ],
     }, indent=2)

@@ -9,7 +9,6 @@ certificate must be valid for the delegated host name (the server name when not 
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import json
 import socket
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from matrix_stack.checks import Check, Status
 from matrix_stack.errors import SettingsError
 from matrix_stack.settings import check_server_name_with_port
 
@@ -26,29 +26,6 @@ WELL_KNOWN_MAX_BYTES = 50 * 1024
 SRV_PREFIXES = ("_matrix-fed._tcp", "_matrix._tcp")
 TIMEOUT = 10.0
 DNS_TIMEOUT = 5.0
-
-
-class Status(enum.StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    WARN = "warn"
-
-
-MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.WARN: "!"}
-
-
-@dataclass(frozen=True)
-class Result:
-    """One check: what was checked, its outcome, and the reason in words."""
-
-    check: str
-    status: Status
-    detail: str
-    address: str = ""
-
-    def line(self) -> str:
-        where = f"{self.address} " if self.address else ""
-        return f"{MARKS[self.status]} {where}{self.check}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -203,12 +180,12 @@ class Network:
         return lookup_srv(name, min(self.timeout, DNS_TIMEOUT))
 
 
-def parse_well_known(answer: HttpAnswer) -> tuple[Result, ServerName | None]:
+def parse_well_known(answer: HttpAnswer) -> tuple[Check, ServerName | None]:
     """Return the well-known check's result and the delegated server name, if any."""
     where = f" (redirected to {answer.redirected_to})" if answer.redirected_to else ""
 
-    def ignored(status: Status, reason: str) -> tuple[Result, None]:
-        return Result("well-known", status, reason), None
+    def ignored(status: Status, reason: str) -> tuple[Check, None]:
+        return Check.of("well-known", status, reason), None
 
     if answer.status == 404:
         return ignored(Status.PASS, f"none published (404){where}: no delegation")
@@ -232,10 +209,10 @@ def parse_well_known(answer: HttpAnswer) -> tuple[Result, ServerName | None]:
     detail = f"delegates to {delegated}{where}"
     if answer.content_type != "application/json":
         detail += f" (served as {answer.content_type}; application/json is expected)"
-    return Result("well-known", Status.PASS, detail), delegated
+    return Check.of("well-known", Status.PASS, detail), delegated
 
 
-def well_known_step(name: ServerName, network: Network) -> tuple[Result, ServerName | None]:
+def well_known_step(name: ServerName, network: Network) -> tuple[Check, ServerName | None]:
     """Fetch and judge the well-known file of name (only for a host name without a port)."""
     import ssl
     import urllib.error
@@ -253,39 +230,39 @@ def well_known_step(name: ServerName, network: Network) -> tuple[Result, ServerN
             reason = str(getattr(inner, "strerror", None) or inner)
     except (OSError, ValueError) as error:
         reason = str(error)
-    return Result("well-known", Status.WARN, f"https://{name.host}{WELL_KNOWN_PATH} "
+    return Check.of("well-known", Status.WARN, f"https://{name.host}{WELL_KNOWN_PATH} "
                   f"unreachable ({reason}): no delegation"), None
 
 
-def srv_step(host: str, network: Network) -> tuple[Result, list[tuple[str, int]]]:
+def srv_step(host: str, network: Network) -> tuple[Check, list[tuple[str, int]]]:
     """Look SRV records up for host; return the result and (target, port) pairs, maybe none."""
     for prefix in SRV_PREFIXES:
         record_name = f"{prefix}.{host}"
         try:
             records = network.srv(record_name)
         except OSError as error:
-            return Result("srv", Status.WARN, f"lookup of {record_name} failed ({error}); "
+            return Check.of("srv", Status.WARN, f"lookup of {record_name} failed ({error}); "
                           f"using port {DEFAULT_PORT}"), []
         if records is None:
             continue
         if len(records) == 1 and records[0].target in ("", "."):
-            return Result("srv", Status.FAIL, f"{record_name} says the service is not "
+            return Check.of("srv", Status.FAIL, f"{record_name} says the service is not "
                           "available here (target '.')"), []
         targets = [(record.target, record.port) for record in records]
         shown = ", ".join(f"{target}:{port}" for target, port in targets)
         status = Status.PASS if prefix == SRV_PREFIXES[0] else Status.WARN
         deprecated = "" if status is Status.PASS else f" (deprecated: publish {SRV_PREFIXES[0]})"
-        return Result("srv", status, f"{record_name} -> {shown}{deprecated}"), targets
-    return Result("srv", Status.PASS, f"no {SRV_PREFIXES[0]} or {SRV_PREFIXES[1]} record for "
+        return Check.of("srv", status, f"{record_name} -> {shown}{deprecated}"), targets
+    return Check.of("srv", Status.PASS, f"no {SRV_PREFIXES[0]} or {SRV_PREFIXES[1]} record for "
                   f"{host}: port {DEFAULT_PORT}"), []
 
 
-def discover(server: ServerName, network: Network) -> tuple[list[Result], list[Endpoint]]:
+def discover(server: ServerName, network: Network) -> tuple[list[Check], list[Endpoint]]:
     """Return the resolution checks and every endpoint (address, port) to probe."""
-    results: list[Result] = []
+    results: list[Check] = []
     if server.is_ip or server.port is not None:
         kind = "an IP address" if server.is_ip else "an explicit port"
-        results.append(Result("well-known", Status.PASS, f"not used: {server} has {kind}"))
+        results.append(Check.of("well-known", Status.PASS, f"not used: {server} has {kind}"))
         targets = [(server.host, server.port or DEFAULT_PORT)]
         tls_name, host_header = server.host, str(server)
     else:
@@ -294,7 +271,7 @@ def discover(server: ServerName, network: Network) -> tuple[list[Result], list[E
         name = delegated or server
         tls_name, host_header = name.host, str(name)
         if name.is_ip or name.port is not None:
-            results.append(Result("srv", Status.PASS, f"not used: {name} has "
+            results.append(Check.of("srv", Status.PASS, f"not used: {name} has "
                                   + ("an IP address" if name.is_ip else "an explicit port")))
             targets = [(name.host, name.port or DEFAULT_PORT)]
         else:
@@ -307,8 +284,8 @@ def discover(server: ServerName, network: Network) -> tuple[list[Result], list[E
             addresses = network.resolve(host, port)
         except (OSError, UnicodeError) as error:
             reason = getattr(error, "strerror", None) or str(error)
-            results.append(Result("dns", Status.FAIL, f"{host} does not resolve ({reason})"))
+            results.append(Check.of("dns", Status.FAIL, f"{host} does not resolve ({reason})"))
             continue
-        results.append(Result("dns", Status.PASS, f"{host} -> {', '.join(addresses)}"))
+        results.append(Check.of("dns", Status.PASS, f"{host} -> {', '.join(addresses)}"))
         endpoints.extend(Endpoint(a, port, tls_name, host_header) for a in addresses)
     return results, endpoints

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from matrix_stack.checks import Check, Steps
 from matrix_stack.turn_config import (
     TURNSERVER_CONF_PATH,
     TurnConfig,
@@ -31,40 +32,22 @@ def coturn_running() -> bool | None:
     return run(["systemctl", "is-active", "--quiet", "coturn.service"], check=False).returncode == 0
 
 
-class Steps:
-    """Print one line per step, ✓ passed, ✗ failed, ! warning; remember any failure."""
-
-    def __init__(self, out: Callable[[str], None]) -> None:
-        self.out = out
-        self.failed = False
-
-    def ok(self, text: str) -> None:
-        self.out(f"✓ {text}")
-
-    def fail(self, text: str) -> None:
-        self.failed = True
-        self.out(f"✗ {text}")
-
-    def warn(self, text: str) -> None:
-        self.out(f"! {text}")
-
-
 def run_checks(
     config: TurnConfig,
     *,
     running: bool | None,
-    out: Callable[[str], None],
+    steps: Steps,
     now: float | None = None,
     key_readable: Callable[[str], bool] | None = None,
-) -> bool:
-    """Check coturn end to end as a client would; print one line a step; return success."""
+) -> list[Check]:
+    """Check coturn end to end as a client would, one step each (steps prints them as they
+    come); return the steps."""
     from matrix_stack.turn import turn_credentials
 
-    steps = Steps(out)
     if running is False:
         steps.fail("coturn is not running: start it with systemctl start coturn "
                    "(why it stopped: journalctl -u coturn)")
-        return False
+        return steps.checks
     if running:
         steps.ok("coturn is running")
     if "use-auth-secret" in config.coturn and config.synapse_secret in config.coturn.get(
@@ -87,16 +70,22 @@ def run_checks(
     for transport in ("udp", "tcp"):
         label = f"Allocate over {transport.upper()} at {address} port {port} as {user}"
         allocate(steps, config, label, (address, port, transport), (username, password))
-    certificate = config.option("cert")
-    with_tls = bool(certificate) and "no-tls" not in config.coturn
-    if with_tls:
+    if has_tls(config):
         check_tls(steps, config, (username, password), key_readable or turnserver_can_read)
     else:
         steps.warn("coturn has no certificate: no turns: on port 5349 (tls: acme)")
-    out("DNS SRV records to publish for clients that look TURN up (optional):")
-    for record in srv_records(config, with_tls):
-        out(f"  {record}")
-    return not steps.failed
+    return steps.checks
+
+
+def has_tls(config: TurnConfig) -> bool:
+    """Return whether coturn serves turns: (a certificate, TLS not turned off)."""
+    return bool(config.option("cert")) and "no-tls" not in config.coturn
+
+
+def srv_lines(config: TurnConfig) -> list[str]:
+    """Return the DNS SRV records to publish, after a heading line."""
+    return ["DNS SRV records to publish for clients that look TURN up (optional):",
+            *(f"  {record}" for record in srv_records(config, has_tls(config)))]
 
 
 def allocate(

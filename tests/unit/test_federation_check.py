@@ -21,6 +21,7 @@ import pytest
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
+from matrix_stack.checks import Status
 from matrix_stack.errors import SettingsError
 from matrix_stack.federation_check import judge_allow_list, judge_keys, run_check
 from matrix_stack.federation_resolve import (
@@ -30,7 +31,6 @@ from matrix_stack.federation_resolve import (
     Network,
     ServerName,
     SrvRecord,
-    Status,
     discover,
     fetch_url,
     lookup_srv,
@@ -56,7 +56,7 @@ def signed_keys(server_name: str, valid_until_ts: int) -> dict[str, Any]:
 
 
 def statuses(results: list[Any]) -> list[tuple[str, Status]]:
-    return [(result.check, result.status) for result in results]
+    return [(result.name, result.status) for result in results]
 
 
 # -- server names and resolution (no network) --------------------------------------------
@@ -493,11 +493,11 @@ def test_check_of_a_self_signed_server_says_self_signed(
 
     results = run_check(parse_server_name(name), loopback(pki))
 
-    tls = next(r for r in results if r.check == "tls")
+    tls = next(r for r in results if r.name == "tls")
     assert tls.status is Status.FAIL
     assert tls.detail.startswith("self-signed certificate (localhost): other servers refuse it")
     # The keys are still judged, over the untrusted connection, to show the rest.
-    assert [r.status for r in results if r.check == "keys"] == [Status.PASS] * 3
+    assert [r.status for r in results if r.name == "keys"] == [Status.PASS] * 3
 
 
 def test_check_of_a_server_with_a_certificate_for_another_name_fails_clearly(

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from matrix_stack.checks import Steps, exit_status
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.host import Facts
 from matrix_stack.render import TURNSERVER_CONF_PATH, render_all, turn_address_private
@@ -49,7 +50,7 @@ from matrix_stack.turn import (
     split_type,
     turn_credentials,
 )
-from matrix_stack.turn_check import first_pem_block, run_checks
+from matrix_stack.turn_check import first_pem_block, run_checks, srv_lines
 from matrix_stack.turn_config import (
     TurnConfig,
     address_warnings,
@@ -523,10 +524,15 @@ def coturn_config(
     return dataclasses.replace(config, server_name=user_domain)
 
 
+def passes(lines: list[str], config: TurnConfig, **options: Any) -> bool:
+    """Run the TURN test, its lines into lines; return whether every step passed."""
+    return exit_status(run_checks(config, steps=Steps(lines.append), **options)) == 0
+
+
 def test_run_checks_on_a_good_configuration_passes_every_step(coturn: int) -> None:
     lines: list[str] = []
 
-    assert run_checks(coturn_config(coturn, SERVER), running=True, out=lines.append)
+    assert passes(lines, coturn_config(coturn, SERVER), running=True)
 
     assert [line for line in lines if line.startswith("✗")] == []
     steps = "\n".join(lines)
@@ -535,14 +541,16 @@ def test_run_checks_on_a_good_configuration_passes_every_step(coturn: int) -> No
     assert f"✓ Allocate over TCP at 127.0.0.1 port {coturn}" in steps
     assert "✓ relaying to 127.0.0.1 is refused (403 Forbidden IP)" in steps
     assert "✓ relaying to 10.0.0.1 is refused (403 Forbidden IP)" in steps
-    assert f"  _turn._udp.{SERVER}. 3600 IN SRV 0 0 {coturn} {SERVER}." in steps
+    assert f"  _turn._udp.{SERVER}. 3600 IN SRV 0 0 {coturn} {SERVER}." in srv_lines(
+        coturn_config(coturn, SERVER)
+    )
 
 
 def test_run_checks_with_disagreeing_secrets_fails_with_a_clear_line(coturn: int) -> None:
     lines: list[str] = []
     config = coturn_config(coturn, "secrets.example.org", coturn_secret="something-else")
 
-    assert not run_checks(config, running=True, out=lines.append)
+    assert not passes(lines, config, running=True)
 
     assert lines[1].startswith(
         "✗ coturn's static-auth-secret in /etc/matrix-stack/turnserver.conf is not Synapse's"
@@ -552,7 +560,7 @@ def test_run_checks_with_disagreeing_secrets_fails_with_a_clear_line(coturn: int
 def test_run_checks_with_coturn_stopped_says_so_and_stops() -> None:
     lines: list[str] = []
 
-    assert not run_checks(turn_config(), running=False, out=lines.append)
+    assert not passes(lines, turn_config(), running=False)
 
     assert lines == [
         "✗ coturn is not running: start it with systemctl start coturn "
@@ -566,7 +574,7 @@ def test_run_checks_with_tls_verifies_the_served_certificate(
     lines: list[str] = []
     config = coturn_config(coturn, "tls.example.org", cert=str(certificate / "cert.pem"))
 
-    assert run_checks(config, running=True, out=lines.append, key_readable=lambda path: True)
+    assert passes(lines, config, running=True, key_readable=lambda path: True)
 
     tls = lines.index(
         f"✓ TLS on 127.0.0.1 port {coturn + 1} for {SERVER}: serves "
@@ -576,7 +584,9 @@ def test_run_checks_with_tls_verifies_the_served_certificate(
         f"✓ Allocate over TLS at 127.0.0.1 port {coturn + 1} as @matrix-stack:tls.example.org: "
         "relayed address 127.0.0.1:"
     )
-    assert f"  _turns._tcp.tls.example.org. 3600 IN SRV 0 0 {coturn + 1} {SERVER}." in lines
+    assert f"  _turns._tcp.tls.example.org. 3600 IN SRV 0 0 {coturn + 1} {SERVER}." in srv_lines(
+        config
+    )
 
 
 def test_run_checks_with_another_certificate_on_disk_says_to_reload_coturn(
@@ -592,7 +602,7 @@ def test_run_checks_with_another_certificate_on_disk_says_to_reload_coturn(
     lines: list[str] = []
 
     config = coturn_config(coturn, "renewed.example.org", cert=str(renewed))
-    assert not run_checks(config, running=True, out=lines.append, key_readable=lambda path: True)
+    assert not passes(lines, config, running=True, key_readable=lambda path: True)
 
     failed = [line for line in lines if line.startswith("✗")]
     assert failed == [
@@ -608,7 +618,7 @@ def test_run_checks_with_a_key_coturn_cannot_read_says_how_to_fix_it(
     lines: list[str] = []
     config = coturn_config(coturn, "key.example.org", cert=str(certificate / "cert.pem"))
 
-    assert not run_checks(config, running=True, out=lines.append, key_readable=lambda path: False)
+    assert not passes(lines, config, running=True, key_readable=lambda path: False)
 
     key = certificate / "cert.pem"
     assert f"✗ coturn (user turnserver) cannot read its key {key}: chgrp turnserver {key}; " \

@@ -28,19 +28,18 @@ from typing import Any
 from matrix_stack import settings as settings_module
 from matrix_stack.errors import MatrixStackError, SettingsError
 from matrix_stack.files import host_path
+from matrix_stack.paths import ADOPTED_RECORD, APACHE_SITES_RECORD, COTURN_OWN_CONF, HOMESERVER_PATH
+from matrix_stack.paths import APACHE_SITES_ENABLED as SITES_ENABLED
+from matrix_stack.paths import SYNAPSE_CONF_PATH as OUR_SYNAPSE_CONF
 from matrix_stack.secrets import SECRET_FILES, SECRET_OWNER
-from matrix_stack.services import APACHE_SITES_RECORD, COTURN_OWN_CONF, record
+from matrix_stack.services import record
 from matrix_stack.settings import DEFAULT_SQLITE_PATH, Settings
-from matrix_stack.synapse_config import HOMESERVER_PATH, find_config_files, read_config_file
+from matrix_stack.synapse_config import find_config_files, read_config_file
 from matrix_stack.synapse_db import Database, Engine, parse_database
 from matrix_stack.turn_config import parse_coturn_config
 
-OUR_SYNAPSE_CONF = Path("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
-SITES_ENABLED = Path("/etc/apache2/sites-enabled")
 # Sites matrix-stack handles elsewhere: its own, and Debian's stock default (services.py).
 OUR_SITES = ("matrix-stack", "000-default")
-# What the postinst took over, for purge (which then restarts Synapse on its own files).
-ADOPTED_RECORD = Path("/var/lib/matrix-stack/adopted")
 # Synapse's setting for each part of the layout that stays where it is.
 KEPT_PATHS = (("signing_key_path", "signing key"), ("media_store_path", "media"),
               ("log_config", "log configuration"))

@@ -1,7 +1,7 @@
 """From Settings to a running stack: render, validate, write, restart only what changed.
 
 One apply is one transaction. Every file it may write is saved before it is written, and the
-units to restart are recorded (system.PENDING_RESTARTS_PATH) before the first write. On any
+units to restart are recorded (PENDING_RESTARTS_PATH) before the first write. On any
 failure every file is put back, every unit whose files were put back or that was restarted
 meanwhile is restarted on the old files, and one line says what state that leaves.
 """
@@ -18,14 +18,22 @@ from matrix_stack import files, postgres
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import Outcome, Plan, UcfState
 from matrix_stack.host import gather_facts
-from matrix_stack.render import APACHE_SITE_PATH, ELEMENT_ROOT, SYNAPSE_CONF_PATH, render_all
+from matrix_stack.paths import (
+    APACHE_SITE_PATH,
+    ELEMENT_ROOT,
+    PENDING_RESTARTS_PATH,
+    PLACEHOLDER_DIR,
+    SERVER_NAME_PATH,
+    SYNAPSE_CONF_PATH,
+    UCF_STATE_PATH,
+)
+from matrix_stack.render import render_all
 from matrix_stack.secrets import Secrets, ensure_secrets, read_secrets
-from matrix_stack.servername import SERVER_NAME_PATH, server_name_changes, write_server_name
+from matrix_stack.servername import server_name_changes, write_server_name
 from matrix_stack.services import APACHE_SITE
 from matrix_stack.settings import BackupSchedule, Settings
 from matrix_stack.system import (
     NOTHING_CHANGED,
-    PENDING_RESTARTS_PATH,
     System,
     describe_failure,
     describe_state,
@@ -44,8 +52,7 @@ from matrix_stack.tls import (
 )
 from matrix_stack.undo import Undo
 
-PLACEHOLDER_DIR = Path("/usr/share/matrix-stack/element-placeholder")
-UCF_RECORDS = (files.UCF_STATE_PATH / "hashfile", files.UCF_STATE_PATH / "registry")
+UCF_RECORDS = (UCF_STATE_PATH / "hashfile", UCF_STATE_PATH / "registry")
 
 
 @dataclass

@@ -32,15 +32,17 @@ from matrix_stack.backup_archive import (
 )
 from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.paths import APACHE_SITE_PATH as APACHE_SITE
+from matrix_stack.paths import (
+    DEFAULT_MEDIA_PATH,
+    DEFAULT_SIGNING_KEY,
+    LAST_BACKUP_PATH,
+    STACK_DIR,
+    SYNAPSE_DIR,
+)
 from matrix_stack.run import run, run_streaming
 from matrix_stack.synapse_config import read_merged_config
 
-STACK_DIR = Path("/etc/matrix-stack")
-SYNAPSE_DIR = Path("/etc/matrix-synapse")
-APACHE_SITE = Path("/etc/apache2/sites-available/matrix-stack.conf")
-DEFAULT_MEDIA_PATH = Path("/var/lib/matrix-synapse/media")
-DEFAULT_SIGNING_KEY = SYNAPSE_DIR / "homeserver.signing.key"
-LAST_BACKUP_PATH = Path("/var/lib/matrix-stack/last-backup")
 LOCK_PATH = Path("/run/lock/matrix-stack-backup.lock")
 LOCAL_SOCKETS = ("", postgres.SOCKET_DIR, "/run/postgresql")
 NAME_PATTERN = re.compile(

@@ -38,7 +38,7 @@ def run_adopt(arguments: argparse.Namespace) -> int:
     from matrix_stack import adopt
     from matrix_stack.apply import ensure_root
     from matrix_stack.errors import MatrixStackError
-    from matrix_stack.stack import STACK_PATH
+    from matrix_stack.paths import STACK_PATH
 
     managed = STACK_PATH.exists()
     if arguments.dry_run:

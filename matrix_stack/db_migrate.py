@@ -22,7 +22,9 @@ from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import create_exclusive, lookup_ids
-from matrix_stack.host import SYNAPSE_SQLITE_PATH, synapse_has_database, synapse_sqlite_path
+from matrix_stack.host import synapse_has_database, synapse_sqlite_path
+from matrix_stack.paths import DEFAULT_SQLITE_PATH as SYNAPSE_SQLITE_PATH
+from matrix_stack.paths import POSTGRESQL_DATA_DIR, STACK_PATH
 from matrix_stack.run import run
 from matrix_stack.services import SYNAPSE_USER
 from matrix_stack.services import synapse_unit as systemctl
@@ -35,7 +37,6 @@ PORT_SCRIPTS = (
     Path("/usr/bin/synapse_port_db"),
     Path("/opt/venvs/matrix-synapse/bin/synapse_port_db"),
 )
-POSTGRESQL_DATA_DIR = Path("/var/lib/postgresql")
 PORT_TIMEOUT = 24 * 3600
 # synapse_port_db refuses a database whose background updates are not all done.
 BACKGROUND_UPDATES_WAIT = 900
@@ -186,7 +187,7 @@ def migrate(
     (its password, when given, is checked there, then stored); None: PostgreSQL on this host.
     """
     old_stack = stack.read_stack()
-    settings = stack.load_settings(old_stack, str(stack.STACK_PATH))
+    settings = stack.load_settings(old_stack, str(STACK_PATH))
     if settings.database is DatabaseMode.POSTGRESQL:
         raise MatrixStackError("database is already postgresql in stack.yaml")
     sqlite = synapse_has_database()

@@ -13,9 +13,9 @@ from typing import Any
 
 from matrix_stack.checks import Check, Steps, exit_status, failures
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.paths import SYNAPSE_DATA_DIR as MEDIA_PATH
 
 CERTIFICATE_WARNING_DAYS = 14
-MEDIA_PATH = Path("/var/lib/matrix-synapse")
 FREE_SPACE_WARNING = 2 * 1024**3  # bytes
 BACKUP_LATE_HOURS = 48
 

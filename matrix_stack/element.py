@@ -31,7 +31,7 @@ from matrix_stack.element_signature import (
 )
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import exclusive_lock, host_path
-from matrix_stack.render import ELEMENT_DIR, ELEMENT_ROOT
+from matrix_stack.paths import ELEMENT_DIR, ELEMENT_ROOT
 from matrix_stack.settings import Settings
 
 PREVIOUS_LINK = ELEMENT_DIR / "previous"

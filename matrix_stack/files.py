@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from matrix_stack.paths import UCF_STATE_PATH
 from matrix_stack.run import run
 
-UCF_STATE_PATH = Path("/var/lib/ucf")
 PACKAGE = "matrix-stack"
 DIST_SUFFIX = ".ucf-dist"
 

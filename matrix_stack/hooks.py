@@ -16,8 +16,9 @@ from matrix_stack import adopt, answers, postgres, secrets
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
+from matrix_stack.paths import STACK_PATH
 from matrix_stack.settings import Settings
-from matrix_stack.stack import STACK_PATH, change
+from matrix_stack.stack import change
 from matrix_stack.system import System, system_for
 
 PROGRAM = "matrix-stack"
@@ -161,7 +162,7 @@ def run_configure(
     a bug or an interrupt (debconf's database would keep them in clear text otherwise).
     """
     try:
-        from matrix_stack.render import TURNSERVER_CONF_PATH
+        from matrix_stack.paths import TURNSERVER_CONF_PATH
         from matrix_stack.services import stop_open_coturn
 
         # Silent: apply starts it with our configuration, and says so.

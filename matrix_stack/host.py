@@ -8,9 +8,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from matrix_stack.paths import DEFAULT_SQLITE_PATH as SYNAPSE_SQLITE_PATH
 from matrix_stack.settings import Settings
 
-SYNAPSE_SQLITE_PATH = Path("/var/lib/matrix-synapse/homeserver.db")  # Debian's packages
 # Documentation addresses (RFC 5737, RFC 3849): connect() on UDP only picks a route, sends nothing.
 _PROBE_ADDRESSES = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
 

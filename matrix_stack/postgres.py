@@ -16,7 +16,7 @@ import yaml
 from matrix_stack import files
 from matrix_stack.errors import CommandError, MatrixStackError
 from matrix_stack.host import synapse_has_database
-from matrix_stack.render import SYNAPSE_CONF_PATH
+from matrix_stack.paths import SYNAPSE_CONF_PATH
 from matrix_stack.run import run, run_streaming
 from matrix_stack.secrets import DATABASE_PASSFILE
 from matrix_stack.settings import DatabaseMode, Settings

@@ -11,6 +11,15 @@ import jinja2
 
 from matrix_stack.files import FileSpec
 from matrix_stack.host import Facts, is_private_address
+from matrix_stack.paths import (
+    APACHE_SITE_PATH,
+    ELEMENT_CONFIG_PATH,
+    ELEMENT_DIR,
+    ELEMENT_ROOT,
+    SYNAPSE_CONF_PATH,
+    TURNSERVER_CONF_PATH,
+    WELL_KNOWN_DIR,
+)
 from matrix_stack.secrets import (
     DATABASE_PASSFILE,
     REGISTRATION_SECRET_PATH,
@@ -22,13 +31,6 @@ from matrix_stack.tls import certificate_paths
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
-SYNAPSE_CONF_PATH = Path("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
-TURNSERVER_CONF_PATH = Path("/etc/matrix-stack/turnserver.conf")
-APACHE_SITE_PATH = Path("/etc/apache2/sites-available/matrix-stack.conf")
-ELEMENT_CONFIG_PATH = Path("/etc/matrix-stack/element/config.json")
-WELL_KNOWN_DIR = Path("/etc/matrix-stack/well-known")
-ELEMENT_DIR = Path("/var/lib/matrix-stack/element")
-ELEMENT_ROOT = ELEMENT_DIR / "current"
 
 # coturn must never relay into these (Synapse's TURN guide; RFC 6890 special-purpose ranges).
 DENIED_PEER_NETWORKS = (

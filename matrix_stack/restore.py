@@ -20,15 +20,16 @@ from matrix_stack import backup, postgres, services, stack
 from matrix_stack.backup_archive import Manifest, files_member, verify
 from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
-from matrix_stack.db_migrate import POSTGRESQL_DATA_DIR
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import lookup_ids
+from matrix_stack.paths import POSTGRESQL_DATA_DIR, STACK_PATH, SYNAPSE_DIR, TOKEN_PATH
+from matrix_stack.paths import STATE_DIR as KEEP_ROOT
+from matrix_stack.paths import SYNAPSE_DATA_DIR as DATA_ROOT
 from matrix_stack.restore_stage import ConfigFile, Staged, archived_stack, stage
 from matrix_stack.services import synapse_unit
 from matrix_stack.settings import DatabaseMode, Settings
-from matrix_stack.synapse_api import TOKEN_PATH, Synapse
+from matrix_stack.synapse_api import Synapse
 
-KEEP_ROOT = Path("/var/lib/matrix-stack")
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
@@ -98,7 +99,6 @@ class Swap:
 
 # Where an archive may put Synapse's data: its own directories, or where Synapse's current
 # configuration says (an archive is not trusted to name any path on this host).
-DATA_ROOT = Path("/var/lib/matrix-synapse")
 
 
 def check_paths(manifest: Manifest, archive: Path) -> None:
@@ -109,7 +109,7 @@ def check_paths(manifest: Manifest, archive: Path) -> None:
         layout = None
     wanted = [
         (manifest.media_path, DATA_ROOT, layout.media_path if layout else None),
-        (manifest.signing_key_path, backup.SYNAPSE_DIR,
+        (manifest.signing_key_path, SYNAPSE_DIR,
          layout.signing_key_path if layout else None),
     ]
     if manifest.engine == "sqlite":
@@ -223,7 +223,7 @@ def restore(
             swap.database(staged.postgresql)
             staged.postgresql = None
         for path, config in sorted(staged.configs.items()):
-            if path != stack.STACK_PATH:  # written by the transaction below
+            if path != STACK_PATH:  # written by the transaction below
                 swap.config(path, config)
         TOKEN_PATH.unlink(missing_ok=True)  # a cache: made again by one login
         progress("applying the restored stack.yaml")

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import yaml
 
-from matrix_stack import backup, postgres
+from matrix_stack import postgres
 from matrix_stack.backup_archive import (
     FILES_PREFIX,
     KNOWN_OWNERS,
@@ -31,7 +31,7 @@ from matrix_stack.backup_archive import (
 from matrix_stack.db_counts import Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import create_exclusive, lookup_ids
-from matrix_stack.stack import STACK_PATH
+from matrix_stack.paths import APACHE_SITE_PATH, STACK_DIR, STACK_PATH, SYNAPSE_DIR
 
 # Files of /etc/matrix-synapse that matrix-synapse's own package writes (conffiles, or
 # rewritten by its postinst): kept as installed, their archived copies only compared.
@@ -68,11 +68,11 @@ class Staged:
 
 def restorable(path: Path, manifest: Manifest) -> bool:
     """Return whether an archived configuration file is written back."""
-    if path == Path(manifest.signing_key_path) or path == backup.APACHE_SITE:
+    if path == Path(manifest.signing_key_path) or path == APACHE_SITE_PATH:
         return True
-    if path.is_relative_to(backup.STACK_DIR):
+    if path.is_relative_to(STACK_DIR):
         return True
-    return path.parent == backup.SYNAPSE_DIR / "conf.d" and path.suffix == ".yaml"
+    return path.parent == SYNAPSE_DIR / "conf.d" and path.suffix == ".yaml"
 
 
 def owner_of(member: tarfile.TarInfo) -> tuple[str, str]:
@@ -195,7 +195,7 @@ def stage(archive: Path, manifest: Manifest, stamp: str, keep: Path) -> Staged:
                         staged.configs[path] = ConfigFile(data, member.mode & 0o7777,
                                                           *owner_of(member))
                     elif (
-                        path.parent == backup.SYNAPSE_DIR
+                        path.parent == SYNAPSE_DIR
                         and path.name in SYNAPSE_OWN
                         and (not path.exists() or path.read_bytes() != data)
                     ):

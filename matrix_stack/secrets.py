@@ -10,8 +10,8 @@ from pathlib import Path
 
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path, lookup_ids, replace_file, sets_ownership
+from matrix_stack.paths import SECRETS_DIR
 
-SECRETS_DIR = Path("/etc/matrix-stack/secrets")
 REGISTRATION_SECRET_PATH = SECRETS_DIR / "registration_shared_secret"
 TURN_SECRET_PATH = SECRETS_DIR / "turn_shared_secret"
 # Only on a server taken over by matrix-stack-admin adopt: the values homeserver.yaml had

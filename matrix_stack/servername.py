@@ -11,10 +11,8 @@ from matrix_stack import postgres
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import FileSpec, host_path, write_atomic
 from matrix_stack.host import synapse_has_database
+from matrix_stack.paths import SERVER_NAME_PATH
 from matrix_stack.settings import Settings
-
-# Written by matrix-synapse's postinst from its debconf answer matrix-synapse/server-name.
-SERVER_NAME_PATH = Path("/etc/matrix-synapse/conf.d/server_name.yaml")
 
 
 def synapse_server_name(root: Path = Path("/")) -> str | None:

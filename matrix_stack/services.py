@@ -11,25 +11,28 @@ from pathlib import Path
 
 from matrix_stack.errors import CommandError, MatrixStackError, ValidationError
 from matrix_stack.files import create_exclusive, host_path, lookup_ids
+from matrix_stack.paths import (
+    APACHE_MODS_ENABLED,
+    APACHE_MODULES_RECORD,
+    APACHE_SITES_RECORD,
+    COTURN_DISABLED_RECORD,
+    COTURN_OWN_CONF,
+    SYSTEMD_RUNNING,
+)
+from matrix_stack.paths import CONF_D_PATH as SYNAPSE_CONF_DIR
+from matrix_stack.paths import HOMESERVER_PATH as SYNAPSE_CONFIG_PATH
 from matrix_stack.run import last_line, run
 from matrix_stack.settings import Settings, TlsMode
 
-SYNAPSE_CONFIG_PATH = Path("/etc/matrix-synapse/homeserver.yaml")
-SYNAPSE_CONF_DIR = Path("/etc/matrix-synapse/conf.d")
 SYNAPSE_USER = "matrix-synapse"
 # Debian's matrix-synapse runs on the system python3; the Synapse project's
 # matrix-synapse-py3 in its own virtualenv.
 SYNAPSE_PYTHONS = (Path("/opt/venvs/matrix-synapse/bin/python"), Path("/usr/bin/python3"))
 APACHE_SITE = "matrix-stack"
 # Modules matrix-stack enabled itself (they were off): purge turns exactly these off again.
-APACHE_MODULES_RECORD = Path("/var/lib/matrix-stack/apache-modules")
-SYSTEMD_RUNNING = Path("/run/systemd/system")
-APACHE_MODS_ENABLED = Path("/etc/apache2/mods-enabled")
 # Debian's "It works" site; see _default_site_shadows.
 DEFAULT_SITE = "000-default"
-APACHE_SITES_RECORD = Path("/var/lib/matrix-stack/apache-sites-disabled")
 # coturn disabled because TURN was turned off; purge and TURN on enable it again.
-COTURN_DISABLED_RECORD = Path("/var/lib/matrix-stack/coturn-disabled")
 
 # Load the configuration exactly as the unit's ExecStartPre does (generating a missing signing
 # key as the matrix-synapse user), without starting the server.
@@ -295,7 +298,6 @@ def set_turn_service(enabled: bool, root: Path = Path("/")) -> list[str]:
     return ["enable and start coturn (TURN is on)"]
 
 
-COTURN_OWN_CONF = Path("/etc/turnserver.conf")
 
 
 def stop_open_coturn(ours: Path) -> bool:

@@ -19,10 +19,9 @@ from matrix_stack import settings as settings_module
 from matrix_stack.answers import ANSWERS, FILE_ONLY_KEYS, QUESTION_OF_KEY
 from matrix_stack.errors import MatrixStackError, SettingsError
 from matrix_stack.files import FileSpec, host_path, write_atomic
+from matrix_stack.paths import STACK_PATH
 from matrix_stack.settings import Settings
 from matrix_stack.undo import Undo, describe_problems
-
-STACK_PATH = Path("/etc/matrix-stack/stack.yaml")
 
 Stack = dict[str, Any]
 

@@ -23,11 +23,11 @@ from typing import Any
 
 from matrix_stack.errors import MatrixStackError, UsageError
 from matrix_stack.files import FileSpec, host_path, write_atomic
-from matrix_stack.secrets import REGISTRATION_SECRET_PATH, SECRETS_DIR
+from matrix_stack.paths import SECRETS_DIR, TOKEN_PATH
+from matrix_stack.secrets import REGISTRATION_SECRET_PATH
 
 SYNAPSE_URL = "http://127.0.0.1:8008"
 SERVICE_LOCALPART = "matrix-stack"
-TOKEN_PATH = Path("/var/lib/matrix-stack/admin-token")
 SERVICE_PASSWORD_PATH = SECRETS_DIR / "service_password"
 ADMIN = "/_synapse/admin"
 PAGE_SIZE = 500

@@ -16,9 +16,7 @@ import yaml
 
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
-
-HOMESERVER_PATH = Path("/etc/matrix-synapse/homeserver.yaml")
-CONF_D_PATH = Path("/etc/matrix-synapse/conf.d")
+from matrix_stack.paths import CONF_D_PATH, HOMESERVER_PATH
 
 
 def find_config_files(root: Path = Path("/")) -> list[Path]:

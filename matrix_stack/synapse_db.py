@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
+from matrix_stack.paths import DEFAULT_SQLITE_PATH
+from matrix_stack.paths import SYNAPSE_DATA_DIR as SYNAPSE_WORKING_DIRECTORY
 
 # Debian's unit runs Synapse in this directory, so relative SQLite paths are relative to it.
-SYNAPSE_WORKING_DIRECTORY = Path("/var/lib/matrix-synapse")
-DEFAULT_SQLITE_PATH = SYNAPSE_WORKING_DIRECTORY / "homeserver.db"
 # Seconds to wait for a lock held by another connection (SQLite's busy timeout).
 SQLITE_TIMEOUT = 10.0
 

@@ -14,13 +14,17 @@ from typing import Protocol
 
 from matrix_stack import services
 from matrix_stack.files import FileSpec, host_path, write_atomic
-from matrix_stack.render import APACHE_SITE_PATH, SYNAPSE_CONF_PATH, TURNSERVER_CONF_PATH
-from matrix_stack.servername import SERVER_NAME_PATH
+from matrix_stack.paths import (
+    APACHE_SITE_PATH,
+    PENDING_RESTARTS_PATH,
+    SERVER_NAME_PATH,
+    SYNAPSE_CONF_PATH,
+    TURNSERVER_CONF_PATH,
+)
 from matrix_stack.settings import Settings
 from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH
 from matrix_stack.undo import describe_problems
 
-PENDING_RESTARTS_PATH = Path("/var/lib/matrix-stack/pending-restarts")
 # The order units restart in: Synapse first (Apache proxies it), Apache last.
 UNIT_ORDER = ("matrix-synapse", "coturn", "apache2")
 

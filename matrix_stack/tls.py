@@ -9,10 +9,10 @@ from pathlib import Path
 
 from matrix_stack.errors import ValidationError
 from matrix_stack.files import host_path, lookup_ids
+from matrix_stack.paths import TLS_DIR
 from matrix_stack.run import run
 from matrix_stack.settings import Settings, TlsMode
 
-TLS_DIR = Path("/etc/matrix-stack/tls")
 SELF_SIGNED_CERT_PATH = TLS_DIR / "self-signed.crt"
 SELF_SIGNED_KEY_PATH = TLS_DIR / "self-signed.key"
 # coturn serves turns: with the same key, so its group may read it.

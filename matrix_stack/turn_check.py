@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from matrix_stack.checks import Check, Steps
+from matrix_stack.paths import TURNSERVER_CONF_PATH
 from matrix_stack.turn_config import (
-    TURNSERVER_CONF_PATH,
     TurnConfig,
     address_warnings,
     default_user,
@@ -24,8 +24,8 @@ DENIED_PROBES = ("127.0.0.1", "10.0.0.1")
 
 def coturn_running() -> bool | None:
     """Return whether coturn.service is active; None without systemd (a chroot)."""
+    from matrix_stack.paths import SYSTEMD_RUNNING
     from matrix_stack.run import run
-    from matrix_stack.services import SYSTEMD_RUNNING
 
     if not SYSTEMD_RUNNING.exists():
         return None

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.paths import TURNSERVER_CONF_PATH
 
-TURNSERVER_CONF_PATH = Path("/etc/matrix-stack/turnserver.conf")
 SRV_TTL = 3600
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-CACHE_PATH = Path("/var/lib/matrix-stack/user-names")
+from matrix_stack.paths import USER_NAMES_PATH as CACHE_PATH
 
 
 def existing_user_argument(parser: Any, help_text: str) -> None:

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from matrix_stack.cli import build_parser
-from matrix_stack.user_names import CACHE_PATH
+from matrix_stack.paths import USER_NAMES_PATH as CACHE_PATH
 
 
 def walk(

@@ -18,6 +18,16 @@ from matrix_stack.apply import apply
 from tests.unit.helpers import AppliedRoot, SynapseCheck, copy_root, make_settings
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_debconf_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Give ucf's debconf frontend a database of its own, never the host's: the host's is
+    locked while anything else on it (apt, another test run) uses it."""
+    database = tmp_path_factory.mktemp("debconf") / "config.dat"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEBCONF_DB_REPLACE", f"File{{{database}}}")
+        yield
+
+
 @pytest.fixture(scope="session")
 def applied_root_template(tmp_path_factory: pytest.TempPathFactory) -> AppliedRoot:
     """Apply make_settings() once per session; tests copy it and never change it."""

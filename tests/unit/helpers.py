@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from matrix_stack.apply import Report
-from matrix_stack.files import UCF_STATE_PATH, host_path
+from matrix_stack.files import host_path
+from matrix_stack.paths import UCF_STATE_PATH
 from matrix_stack.settings import Settings, from_mapping
 
 # ucf run by anyone but root switches to "no action mode": it records nothing, exits 0.

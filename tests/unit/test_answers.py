@@ -25,10 +25,10 @@ from matrix_stack.answers import (
     yaml_from_debconf,
 )
 from matrix_stack.errors import MatrixStackError, SettingsError
+from matrix_stack.paths import STACK_PATH
 from matrix_stack.settings import FederationMode, Settings
 from matrix_stack.stack import (
     STACK_HEADER,
-    STACK_PATH,
     load_settings,
     read_stack,
     render_stack,

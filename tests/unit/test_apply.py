@@ -19,18 +19,21 @@ from matrix_stack.apply import Report, apply, diff
 from matrix_stack.errors import MatrixStackError, ValidationError
 from matrix_stack.files import Outcome, Plan, UcfState, apply_plan, md5_text
 from matrix_stack.host import Facts
-from matrix_stack.render import (
+from matrix_stack.paths import (
     APACHE_SITE_PATH,
     ELEMENT_CONFIG_PATH,
+    PENDING_RESTARTS_PATH,
+    SERVER_NAME_PATH,
     SYNAPSE_CONF_PATH,
     TURNSERVER_CONF_PATH,
     WELL_KNOWN_DIR,
+)
+from matrix_stack.render import (
     render_all,
 )
 from matrix_stack.secrets import read_secrets
-from matrix_stack.servername import SERVER_NAME_PATH, ensure_server_name
+from matrix_stack.servername import ensure_server_name
 from matrix_stack.settings import Settings
-from matrix_stack.system import PENDING_RESTARTS_PATH
 from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH, certificate_names
 from tests.unit.helpers import (
     LISTENING_IP,

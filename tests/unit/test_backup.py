@@ -19,6 +19,7 @@ from matrix_stack import backup, backup_archive, doctor, restore, restore_stage
 from matrix_stack.backup_archive import ArchiveWriter, Manifest
 from matrix_stack.db_counts import Counts, count_sqlite
 from matrix_stack.errors import MatrixStackError, SettingsError
+from matrix_stack.paths import DEFAULT_SIGNING_KEY
 from matrix_stack.settings import BackupSchedule, from_mapping
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
@@ -192,7 +193,7 @@ def test_layout_reads_sqlite_and_local_postgresql_and_refuses_remote() -> None:
         "media_store_path": "/srv/media"})
     assert sqlite.engine == "sqlite"
     assert sqlite.media_path == Path("/srv/media")
-    assert sqlite.signing_key_path == backup.DEFAULT_SIGNING_KEY
+    assert sqlite.signing_key_path == DEFAULT_SIGNING_KEY
     local = backup.Layout.read({"database": {"name": "psycopg2", "args": {
         "database": "matrix_synapse", "host": "/var/run/postgresql"}}})
     assert (local.engine, local.sqlite_path) == ("postgresql", None)

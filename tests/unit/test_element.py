@@ -52,7 +52,8 @@ from matrix_stack.element_signature import (
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
 from matrix_stack.host import locale_country_code
-from matrix_stack.render import ELEMENT_ROOT, render_element_config
+from matrix_stack.paths import ELEMENT_ROOT
+from matrix_stack.render import render_element_config
 from matrix_stack.settings import Settings
 from tests.element_release import (
     Mirror,

@@ -24,7 +24,8 @@ from matrix_stack.federation import (
 )
 from matrix_stack.files import host_path
 from matrix_stack.host import Facts
-from matrix_stack.render import ELEMENT_CONFIG_PATH, SYNAPSE_CONF_PATH, render_all
+from matrix_stack.paths import ELEMENT_CONFIG_PATH, STACK_PATH, SYNAPSE_CONF_PATH
+from matrix_stack.render import render_all
 from matrix_stack.secrets import Secrets
 from matrix_stack.settings import FederationMode, Settings
 from tests.unit.helpers import BASE_STACK, SynapseCheck, make_settings
@@ -222,7 +223,7 @@ def test_change_stack_that_changes_nothing_does_not_apply(applied_root: Path) ->
 
 def test_change_stack_puts_stack_yaml_back_when_the_apply_fails(applied_root: Path) -> None:
     write_stack(applied_root)
-    before = host_path(stack_file.STACK_PATH, applied_root).read_text()
+    before = host_path(STACK_PATH, applied_root).read_text()
 
     def fail(settings: Settings) -> list[str]:
         raise MatrixStackError("Synapse refused the configuration")
@@ -231,18 +232,18 @@ def test_change_stack_puts_stack_yaml_back_when_the_apply_fails(applied_root: Pa
         change_stack(lambda stack: allow(stack, ["b.example.org"]), root=applied_root,
                      apply_settings=fail)
 
-    assert host_path(stack_file.STACK_PATH, applied_root).read_text() == before
+    assert host_path(STACK_PATH, applied_root).read_text() == before
 
 
 def test_change_stack_refuses_an_invalid_result_before_writing(applied_root: Path) -> None:
     write_stack(applied_root, federation_domains=["not a name!"])
-    before = host_path(stack_file.STACK_PATH, applied_root).read_text()
+    before = host_path(STACK_PATH, applied_root).read_text()
 
     with pytest.raises(SettingsError):
         change_stack(lambda stack: set_mode(stack, "open"), root=applied_root,
                      apply_settings=lambda settings: [])
 
-    assert host_path(stack_file.STACK_PATH, applied_root).read_text() == before
+    assert host_path(STACK_PATH, applied_root).read_text() == before
 
 
 @pytest.mark.parametrize(

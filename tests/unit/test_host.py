@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from matrix_stack.host import SYNAPSE_SQLITE_PATH, Facts, gather_facts, synapse_has_database
+from matrix_stack.host import Facts, gather_facts, synapse_has_database
+from matrix_stack.paths import DEFAULT_SQLITE_PATH as SYNAPSE_SQLITE_PATH
 from tests.unit.helpers import make_settings
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,15 @@ import yaml
 from matrix_stack import postgres
 from matrix_stack.files import FileSpec
 from matrix_stack.host import Facts
-from matrix_stack.render import (
+from matrix_stack.paths import (
     APACHE_SITE_PATH,
     ELEMENT_CONFIG_PATH,
+    GENERATED_FILES,
     SYNAPSE_CONF_PATH,
     TURNSERVER_CONF_PATH,
     WELL_KNOWN_DIR,
+)
+from matrix_stack.render import (
     allowed_peers,
     denied_ranges,
     render_all,
@@ -493,3 +498,19 @@ def test_render_element_config_names_no_host_but_this_server(
     for absent in ("bug_report_endpoint_url", "map_style_url", "element_call",
                    "widget_build_url", "posthog", "sentry", "piwik"):
         assert absent not in config
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_render_all_writes_exactly_the_files_purge_removes(renders: Renders, case: str) -> None:
+    # debian/rules hands paths.GENERATED_FILES to the postrm, which purges them.
+    assert sorted(renders[case]) == sorted(GENERATED_FILES)
+
+
+def test_the_postrm_gets_the_generated_files_from_the_package() -> None:
+    postrm = (Path(__file__).parents[2] / "debian" / "matrix-stack.postrm").read_text()
+    assert 'GENERATED="#GENERATED_FILES#"' in postrm
+    printed = subprocess.run(
+        [sys.executable, "-m", "matrix_stack.paths"], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).parents[2],
+    ).stdout.split()
+    assert printed == [str(path) for path in GENERATED_FILES]

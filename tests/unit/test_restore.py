@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from matrix_stack import db_migrate, restore
+from matrix_stack import restore
 from matrix_stack import stack as stack_file
 from matrix_stack.backup_archive import POSTGRESQL_MEMBER, SQLITE_MEMBER, Manifest
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.paths import POSTGRESQL_DATA_DIR
 from tests.unit.test_backup import manifest
 
 MIB = 2**20
@@ -43,7 +44,7 @@ def test_staging_needs_name_each_destination_of_a_sqlite_archive(tmp_path: Path)
 def test_staging_needs_name_each_destination_of_a_postgresql_archive(tmp_path: Path) -> None:
     needs = restore.staging_needs(archive_of(tmp_path, "postgresql"), tmp_path / "keep")
     assert needs == {tmp_path / "lib": 5 * MIB, tmp_path / "keep": 2 * MIB,
-                     db_migrate.POSTGRESQL_DATA_DIR: 4 * MIB}
+                     POSTGRESQL_DATA_DIR: 4 * MIB}
 
 
 def fake_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int) -> list[str]:

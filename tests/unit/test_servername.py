@@ -10,7 +10,8 @@ import yaml
 
 from matrix_stack import postgres
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.servername import SERVER_NAME_PATH, ensure_server_name
+from matrix_stack.paths import SERVER_NAME_PATH
+from matrix_stack.servername import ensure_server_name
 from matrix_stack.settings import Settings
 from tests.unit.helpers import make_settings
 from tests.unit.test_postgres import LIVE, SQLITE, FakePsql, synapse_sqlite

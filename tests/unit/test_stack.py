@@ -12,8 +12,9 @@ import pytest
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError, SettingsError, ValidationError
 from matrix_stack.files import host_path
+from matrix_stack.paths import STACK_PATH
 from matrix_stack.settings import Settings
-from matrix_stack.stack import STACK_PATH, change, current_settings, read_stack, write_stack
+from matrix_stack.stack import change, current_settings, read_stack, write_stack
 from tests.unit.helpers import BASE_STACK, FakeSystem, files_and_modes
 
 PASSFILE = Path("/etc/matrix-stack/secrets/database.pgpass")

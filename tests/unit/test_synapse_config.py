@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.paths import CONF_D_PATH, HOMESERVER_PATH
 from matrix_stack.synapse_config import (
-    CONF_D_PATH,
-    HOMESERVER_PATH,
     find_config_files,
     read_merged_config,
 )

@@ -22,8 +22,8 @@ import pytest
 
 from matrix_stack.cli_passwd import _passwd_offline
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.paths import DEFAULT_SQLITE_PATH
 from matrix_stack.synapse_db import (
-    DEFAULT_SQLITE_PATH,
     POSTGRESQL_RESET,
     RESET_STATEMENTS,
     SQLITE_RESET,

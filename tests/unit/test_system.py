@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matrix_stack.paths import PENDING_RESTARTS_PATH
 from matrix_stack.system import (
-    PENDING_RESTARTS_PATH,
     describe_state,
     read_pending,
     restart_pending,

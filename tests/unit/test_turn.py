@@ -27,7 +27,8 @@ import pytest
 from matrix_stack.checks import Steps, exit_status
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.host import Facts
-from matrix_stack.render import TURNSERVER_CONF_PATH, render_all, turn_address_private
+from matrix_stack.paths import TURNSERVER_CONF_PATH
+from matrix_stack.render import render_all, turn_address_private
 from matrix_stack.secrets import Secrets
 from matrix_stack.turn import (
     ALLOCATE,

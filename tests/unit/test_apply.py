@@ -22,6 +22,7 @@ from matrix_stack.host import Facts
 from matrix_stack.paths import (
     APACHE_SITE_PATH,
     ELEMENT_CONFIG_PATH,
+    GENERATED_FILES,
     PENDING_RESTARTS_PATH,
     SERVER_NAME_PATH,
     SYNAPSE_CONF_PATH,
@@ -47,14 +48,7 @@ from tests.unit.helpers import (
     snapshot,
 )
 
-GENERATED = [
-    SYNAPSE_CONF_PATH,
-    TURNSERVER_CONF_PATH,
-    APACHE_SITE_PATH,
-    ELEMENT_CONFIG_PATH,
-    WELL_KNOWN_DIR / "matrix" / "server",
-    WELL_KNOWN_DIR / "matrix" / "client",
-]
+GENERATED = list(GENERATED_FILES)
 UCF_STATE = "var/lib/ucf"
 
 

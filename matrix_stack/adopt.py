@@ -88,6 +88,8 @@ class Plan:
     lines: tuple[str, ...]
     tighten_homeserver: bool = False
     found: Found | None = field(default=None, compare=False, repr=False)
+    # A remote PostgreSQL's password written inline: kept in the passfile, never in debconf.
+    database_password: str = field(default="", repr=False)
 
     @property
     def empty(self) -> bool:
@@ -377,10 +379,16 @@ def plan(found: Found, hostnames: Iterable[str] = ()) -> Plan:
         lines.insert(
             0, f"server name {server}" + (f"; kept in place: {', '.join(kept)}" if kept else "")
         )
+    password = ""
+    if found.database is not None and proposed.get("database_host"):
+        password = str(found.database.connect_args.get("password") or "")
+        if password:
+            lines.append("database password: moved to /etc/matrix-stack/secrets/database.pgpass "
+                         "(readable by Synapse alone)")
     return Plan(
         proposed, secrets, tuple(lines),
         tighten_homeserver=bool(found.inline_secrets) and bool(found.homeserver_mode & 0o077),
-        found=found,
+        found=found, database_password=password,
     )
 
 

@@ -64,7 +64,8 @@ def configure(
         return {**stack, **file_only, **answers.yaml_from_debconf(debconf)}
 
     def apply_settings(settings: Settings) -> list[str]:
-        store_database_password(debconf, settings, root, check_password)
+        store_database_password(debconf, settings, root, check_password,
+                                taken=adoption.database_password if adoption else "")
         taken = adopt.carry_out(adoption, settings, root) if adoption else []
         return taken + apply(settings, root=root, debconf_ok=True,
                              set_synapse_answer=set_synapse_answer, system=system).lines()
@@ -95,14 +96,16 @@ def store_database_password(
     settings: Settings,
     root: Path = Path("/"),
     check: PasswordCheck | None = None,
+    taken: str = "",
 ) -> None:
     """Keep the remote PostgreSQL password in its root-only file, never in debconf.
 
-    A new password replaces the file Synapse uses only once check (default: on this host,
+    taken: the password a server taken over had inline (the answer, if any, wins). A new
+    password replaces the file Synapse uses only once check (default: on this host,
     postgres.check_remote) accepted it from a temporary file.
     """
     try:
-        password = debconf.get(answers.DATABASE_PASSWORD_QUESTION)
+        password = debconf.get(answers.DATABASE_PASSWORD_QUESTION) or taken
     finally:
         debconf.set(answers.DATABASE_PASSWORD_QUESTION, "")
     if not settings.remote_database:

@@ -222,6 +222,28 @@ def test_a_postgresql_over_tcp_is_taken_as_a_remote_server(tmp_path: Path) -> No
         "database": "postgresql", "database_host": "localhost", "database_port": 5432,
         "database_name": "synapse", "database_user": "synapse_user",
     }
+    assert plan.database_password == "pw" and "pw" not in repr(plan)
+    assert any(line.startswith("database password: moved to") for line in plan.lines)
+
+
+def test_a_remote_postgresql_password_goes_to_the_passfile_not_debconf(tmp_path: Path) -> None:
+    homeserver = HOMESERVER.replace(
+        "  name: sqlite3\n  args:\n    database: /etc/matrix-synapse//homeserver.db\n",
+        "  name: psycopg2\n  args:\n    user: synapse_user\n    password: s3cret\n"
+        "    database: synapse\n    host: db.exemple.fr\n",
+    )
+    recipe_root(tmp_path, homeserver=homeserver)
+    plan = adopt.plan(adopt.detect(tmp_path))
+    debconf = Answers(debconf_from_yaml(plan.proposed))
+    checked: list[str] = []
+
+    configure(debconf, tmp_path, system=FakeSystem(),
+              check_password=lambda settings, passfile: checked.append(passfile.read_text()))
+
+    passfile = tmp_path / "etc/matrix-stack/secrets/database.pgpass"
+    assert passfile.read_text() == "*:*:*:*:s3cret\n" and checked == ["*:*:*:*:s3cret\n"]
+    assert "s3cret" not in "".join(debconf.values.values())
+    assert "s3cret" not in (tmp_path / "etc/matrix-stack/stack.yaml").read_text()
 
 
 def test_users_of_another_server_name_are_counted(tmp_path: Path) -> None:

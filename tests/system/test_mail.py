@@ -180,3 +180,141 @@ def test_password_reset_by_mail_through_apache_ends_the_other_sessions(ct: Conta
     assert login(OLD_PASSWORD)[0] == 403
     status, body = client_api("GET", "/_matrix/client/v3/account/whoami", token=other_session)
     assert status == 401, body
+
+
+# --- relay: exim4 as an authenticating smarthost with STARTTLS on 587 (a test CA) ----------
+
+RELAY_USER = "relayuser"
+RELAY_PASSWORD = "Relay-S3cret-pw"
+WRONG_PASSWORD = "Wrong-S3cret-pw"
+SYNAPSE_CONF = "/etc/matrix-synapse/conf.d/50-matrix-stack.yaml"
+# Appended to Debian's exim4.conf.template, whose last section is begin authenticators.
+RELAY_AUTHENTICATOR = """
+relay_plain:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = ${if and {{eq{$auth2}{USER}}{eq{$auth3}{PASSWORD}}}}
+  server_set_id = $auth2
+  server_advertise_condition = ${if def:tls_in_cipher}
+""".replace("USER", RELAY_USER).replace("PASSWORD", RELAY_PASSWORD)
+MAKE_CERTIFICATES = f"""
+cd /etc/exim4
+openssl req -x509 -newkey rsa:2048 -nodes -keyout test-ca.key -out test-ca.crt -days 2 \
+    -subj /CN=matrix-stack-test-CA -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout relay.key -out relay.csr -subj /CN={SERVER} \
+    2>/dev/null
+# Python 3.13 verifies strictly (VERIFY_X509_STRICT): key usages and key identifiers.
+cat > relay.ext <<EOF
+subjectAltName=DNS:{SERVER}
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid,issuer
+EOF
+openssl x509 -req -in relay.csr -CA test-ca.crt -CAkey test-ca.key -CAcreateserial \
+    -out relay.crt -days 2 -extfile relay.ext 2>/dev/null
+chown root:Debian-exim relay.key relay.crt
+chmod 640 relay.key
+cp test-ca.crt /usr/local/share/ca-certificates/matrix-stack-test-ca.crt
+update-ca-certificates >/dev/null
+"""
+
+
+def reconfigure_relay(ct: Container, password: str) -> None:
+    """Point the stack at the relay as an administrator would, password through debconf."""
+    for key, value in (("mail", "relay"), ("mail_relay_host", SERVER),
+                       ("mail_relay_port", "587"), ("mail_relay_security", "starttls"),
+                       ("mail_relay_user", RELAY_USER)):
+        stack.set_stack_value(ct, key, value)
+    preseed(ct, {"mail-relay-password": password})
+    ct.run(["dpkg-reconfigure", "-fnoninteractive", "matrix-stack"], timeout=300)
+    stack.wait_for_client_api(ct)
+
+
+@pytest.fixture(scope="module")
+def relay(ct: Container) -> Container:
+    ct.run(["sh", "-ec", MAKE_CERTIFICATES])
+    ct.write_file("/etc/exim4/exim4.conf.localmacros",
+                  "MAIN_TLS_ENABLE = yes\n"
+                  "MAIN_TLS_CERTIFICATE = /etc/exim4/relay.crt\n"
+                  "MAIN_TLS_PRIVATEKEY = /etc/exim4/relay.key\n")
+    template = ct.read_file("/etc/exim4/exim4.conf.template")
+    ct.write_file("/etc/exim4/exim4.conf.template", template + RELAY_AUTHENTICATOR)
+    settings = ct.read_file("/etc/exim4/update-exim4.conf.conf")
+    ct.write_file("/etc/exim4/update-exim4.conf.conf", re.sub(
+        r"^dc_local_interfaces=.*$", "dc_local_interfaces='<; 127.0.0.1.25 ; 127.0.1.1.587'",
+        settings, flags=re.M))
+    ct.run(["update-exim4.conf"])
+    ct.run(["systemctl", "restart", "exim4"])
+    reconfigure_relay(ct, WRONG_PASSWORD)
+    return ct
+
+
+def test_relay_password_is_kept_root_only_and_forgotten_by_debconf(relay: Container) -> None:
+    assert stack.stat(relay, "/etc/matrix-stack/secrets/mail_relay_password") == "root:root 600"
+    assert stack.stat(relay, SYNAPSE_CONF) == "matrix-synapse:root 600"
+    assert f'smtp_pass: "{WRONG_PASSWORD}"' in relay.read_file(SYNAPSE_CONF)
+    debconf_db = (relay.read_file("/var/cache/debconf/passwords.dat")
+                  + relay.read_file("/var/cache/debconf/config.dat"))
+    assert WRONG_PASSWORD not in debconf_db
+    assert WRONG_PASSWORD not in relay.read_file("/etc/matrix-stack/stack.yaml")
+
+
+def test_mail_test_with_a_refused_login_gives_the_relays_reply_and_changes_nothing(
+    relay: Container,
+) -> None:
+    before = relay.read_file(SYNAPSE_CONF)
+
+    result = admin(relay, "mail", "test", ADDRESS, check=False)
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"matrix-stack-admin: not sent: connected to {SERVER}:587, STARTTLS; {SERVER}:587 "
+        f"refused the login {RELAY_USER}: 535 Incorrect authentication data\n"
+    )
+    assert WRONG_PASSWORD not in result.stdout + result.stderr
+    assert relay.read_file(SYNAPSE_CONF) == before
+
+
+def test_apply_dry_run_masks_the_relay_password(relay: Container) -> None:
+    stack.set_stack_value(relay, "mail_from", "'Chat <chat@example.test>'")
+    try:
+        shown = admin(relay, "apply", "--dry-run").stdout
+    finally:
+        stack.set_stack_value(relay, "mail_from", f"'Matrix <noreply@{SERVER}>'")
+
+    assert "+  notif_from:" in shown
+    assert "  smtp_pass: '***'\n" in shown
+    assert WRONG_PASSWORD not in shown
+
+
+def test_mail_test_through_the_relay_uses_starttls_and_the_login(relay: Container) -> None:
+    reconfigure_relay(relay, RELAY_PASSWORD)
+
+    result = admin(relay, "mail", "test", ADDRESS)
+
+    assert re.fullmatch(
+        rf"sent: connected to {re.escape(SERVER)}:587, STARTTLS, authenticated as "
+        rf"{RELAY_USER}; accepted for {ADDRESS}: 250 OK id=\S+\n", result.stdout
+    ), result.stdout
+    assert "✓ mail: connected to" in admin(relay, "doctor", check=False).stdout
+
+
+def test_synapse_sends_the_reset_mail_through_the_relay_with_starttls_and_login(
+    relay: Container,
+) -> None:
+    before = len(messages(relay))
+    status, body = https_json(relay, "POST",
+                              "/_matrix/client/v3/account/password/email/requestToken",
+                              {"client_secret": secrets.token_hex(16), "email": ADDRESS,
+                               "send_attempt": 1})
+    assert status == 200, body
+
+    wait_for(lambda: len(messages(relay)) > before, timeout=60,
+             what=f"Synapse's password reset mail, through the relay, in {MAILBOX}")
+    received = [line for line in relay.read_file("/var/log/exim4/mainlog").splitlines()
+                if " <= " in line and f"A=relay_plain:{RELAY_USER}" in line]
+    assert received, "no mail was received with the relay login"
+    assert " P=esmtpsa " in received[-1] and " X=TLS" in received[-1], received[-1]

@@ -375,6 +375,16 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def getter(raw: Mapping[str, Any]) -> Callable[..., Any]:
+    """Return get(key, check, default=''): raw[key] checked, default when missing or empty."""
+
+    def get(key: str, check: Callable[[str, Any], Any], default: Any = "") -> Any:
+        value = raw.get(key)
+        return check(key, default if value in (None, "") else value)
+
+    return get
+
+
 OPEN_REGISTRATION_WARNING = (
     "registration is open without e-mail (mail off): anyone who reaches the server can make "
     "accounts, unverified; turn mail on (matrix-stack/mail) to require a verified address"
@@ -384,10 +394,7 @@ OPEN_REGISTRATION_WARNING = (
 def mail_fields(raw: Mapping[str, Any], server_name: str) -> dict[str, Any]:
     """Return the mail_* and admin_email fields; the relay's only checked when it is used."""
 
-    def get(key: str, check: Callable[[str, Any], Any], default: Any = "") -> Any:
-        value = raw.get(key)
-        return check(key, default if value in (None, "") else value)
-
+    get = getter(raw)
     mode = get("mail", lambda q, v: check_choice(q, v, MailMode), MailMode.OFF)
     security = get(
         "mail_relay_security",
@@ -416,10 +423,7 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
     if unknown:
         raise SettingsError(unknown[0], raw[unknown[0]], "is not a matrix-stack setting")
 
-    def get(key: str, check: Callable[[str, Any], Any], default: Any = "") -> Any:
-        value = raw.get(key)
-        return check(key, default if value in (None, "") else value)
-
+    get = getter(raw)
     server_name = get("server_name", check_dns_name)
     element_domain = get("element_domain", check_dns_name, f"element.{server_name}")
     tls = get("tls", lambda q, v: check_choice(q, v, TlsMode), TlsMode.SELF_SIGNED)

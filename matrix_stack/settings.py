@@ -385,12 +385,6 @@ def getter(raw: Mapping[str, Any]) -> Callable[..., Any]:
     return get
 
 
-OPEN_REGISTRATION_WARNING = (
-    "registration is open without e-mail (mail off): anyone who reaches the server can make "
-    "accounts, unverified; turn mail on (matrix-stack/mail) to require a verified address"
-)
-
-
 def mail_fields(raw: Mapping[str, Any], server_name: str) -> dict[str, Any]:
     """Return the mail_* and admin_email fields; the relay's only checked when it is used."""
 
@@ -499,8 +493,6 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         **mail_fields(raw, server_name),
         warnings=tuple(warnings),
     )
-    if settings.registration is RegistrationMode.OPEN and not settings.mail_on:
-        settings = replace(settings, warnings=(*settings.warnings, OPEN_REGISTRATION_WARNING))
     ignored_key_servers = [
         name
         for name in settings.federation_key_servers

@@ -531,11 +531,3 @@ def test_from_mapping_refuses_bad_mail_settings_naming_the_key(
 
     assert error.question == key
     assert reason in error.reason
-
-
-def test_from_mapping_with_open_registration_warns_only_without_mail() -> None:
-    without = settings_with(registration="open")
-    with_mail = settings_with(registration="open", mail="local")
-
-    assert [w for w in without.warnings if "anyone who reaches the server" in w]
-    assert with_mail.warnings == ()

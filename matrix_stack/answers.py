@@ -75,12 +75,21 @@ ANSWERS: tuple[Answer, ...] = (
     Answer("matrix-stack/database-port", "database_port", _number),
     Answer("matrix-stack/database-name", "database_name"),
     Answer("matrix-stack/database-user", "database_user"),
+    Answer("matrix-stack/mail", "mail"),
+    Answer("matrix-stack/mail-from", "mail_from"),
+    Answer("matrix-stack/mail-relay-host", "mail_relay_host"),
+    Answer("matrix-stack/mail-relay-port", "mail_relay_port", _number),
+    Answer("matrix-stack/mail-relay-security", "mail_relay_security"),
+    Answer("matrix-stack/mail-relay-user", "mail_relay_user"),
+    Answer("matrix-stack/mail-password-reset", "mail_password_reset", _boolean, _from_boolean),
+    Answer("matrix-stack/admin-email", "admin_email"),
 )
 
 # Asked, but kept nowhere on disk: they trigger a one-time action (the bootstrap admin).
 BOOTSTRAP_QUESTIONS = ("matrix-stack/admin-user", "matrix-stack/admin-password")
 # Asked, written to a root-only file, then cleared from the debconf database.
 DATABASE_PASSWORD_QUESTION = "matrix-stack/database-password"
+MAIL_PASSWORD_QUESTION = "matrix-stack/mail-relay-password"
 
 # Kept in stack.yaml only (no question yet): the outside proxy allowed to set X-Forwarded-*,
 # Element's signing key URL and

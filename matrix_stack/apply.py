@@ -28,10 +28,10 @@ from matrix_stack.paths import (
     UCF_STATE_PATH,
 )
 from matrix_stack.render import render_all
-from matrix_stack.secrets import Secrets, ensure_secrets, read_secrets
+from matrix_stack.secrets import MAIL_PASSWORD_PATH, Secrets, ensure_secrets, read_secrets
 from matrix_stack.servername import server_name_changes, write_server_name
 from matrix_stack.services import APACHE_SITE
-from matrix_stack.settings import BackupSchedule, Settings
+from matrix_stack.settings import BackupSchedule, MailMode, Settings
 from matrix_stack.system import (
     NOTHING_CHANGED,
     System,
@@ -98,10 +98,26 @@ def diff(plans: list[Plan]) -> str:
     return "".join(mask_secret_lines(chunk) for chunk in chunks)
 
 
-def mask_secret_lines(line: str) -> str:
-    if "static-auth-secret=" in line:
-        return line.split("static-auth-secret=")[0] + "static-auth-secret=***\n"
-    return line
+def mask_secret_lines(text: str) -> str:
+    """Return text with the secrets rendered inline (coturn's, the mail relay's) masked."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if "static-auth-secret=" in line:
+            line = line.split("static-auth-secret=")[0] + "static-auth-secret=***\n"
+        elif line.lstrip("+- ").startswith("smtp_pass:"):
+            line = line.split("smtp_pass:")[0] + "smtp_pass: '***'\n"
+        lines.append(line)
+    return "".join(lines)
+
+
+def check_mail_password(settings: Settings, secrets: Secrets) -> None:
+    """Refuse a relay login without a stored password (Synapse would fail every mail)."""
+    relay_login = settings.mail is MailMode.RELAY and settings.mail_relay_user
+    if relay_login and not secrets.mail_relay_password:
+        raise MatrixStackError(
+            f"no password is stored for the mail relay user {settings.mail_relay_user} "
+            f"({MAIL_PASSWORD_PATH}); run: dpkg-reconfigure matrix-stack"
+        )
 
 
 def ensure_element_root(root: Path) -> None:
@@ -207,6 +223,7 @@ class Attempt:
             self.expect([SERVER_NAME_PATH])
             write_server_name(settings, root, set_synapse_answer)
         secrets = ensure_secrets(root)
+        check_mail_password(settings, secrets)
         ucf = UcfState(root, debconf_ok=debconf_ok)
         report.plans = plans = plan_files(settings, root, secrets, ucf)
         check_certificate_files(settings, root)

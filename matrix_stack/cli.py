@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write one archive with Synapse's database, media, signing key and configuration",
     ),
     "restore": ("cli_restore", "put a backup archive back (same server name only)"),
+    "mail": ("cli_mail", "send a test message the way Synapse sends its mail"),
     "proxy-config": ("proxy_config", "print a Traefik or HAProxy configuration for this stack"),
     "doctor": ("doctor", "check the whole stack, one line per check"),
     "adopt": (

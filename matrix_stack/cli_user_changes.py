@@ -8,8 +8,10 @@ from typing import Any
 
 from matrix_stack import user_names
 from matrix_stack.cli_users import (
+    EMAIL_HELP,
     NAME_HELP,
     PASSWORD_FILE_HELP,
+    email_argument,
     format_time,
     refuse_service_account,
     target_user,
@@ -34,6 +36,7 @@ def add_commands(user_commands: Any) -> None:
         "--no-admin", dest="admin", action="store_false", help="take its admin rights away"
     )
     modify.add_argument("--displayname", metavar="TEXT", help="set its display name")
+    modify.add_argument("--email", metavar="ADDR", type=email_argument, help=EMAIL_HELP)
     modify.add_argument(
         "--reactivate", action="store_true", help="re-activate it (with --password-file or "
         "a prompt for its new password)"
@@ -50,7 +53,7 @@ def add_commands(user_commands: Any) -> None:
     existing_user_argument(show, NAME_HELP)
     show.add_argument(
         "--json", action="store_true", help="print a JSON object (keys user_id, displayname, "
-        "admin, deactivated, created, last_seen, device_count, devices)"
+        "admin, deactivated, emails, created, last_seen, device_count, devices)"
     )
     show.set_defaults(handler=run_show)
 
@@ -86,15 +89,21 @@ def _other_active_admins(synapse: Any, user: Any) -> list[str]:
 
 def run_modify(arguments: argparse.Namespace) -> int:
     from matrix_stack.passwords import read_new_password
-    from matrix_stack.synapse_api import SynapseError, background_updates_pending, modify_user
+    from matrix_stack.synapse_api import (
+        SynapseError,
+        background_updates_pending,
+        email_threepids,
+        modify_user,
+    )
 
     user = target_user(arguments.name)
     refuse_service_account(user)
     if arguments.password_file and not arguments.reactivate:
         raise UsageError("--password-file goes with --reactivate (passwd changes a password)")
-    if arguments.admin is None and arguments.displayname is None and not arguments.reactivate:
-        raise UsageError("nothing to change: give --admin, --no-admin, --displayname or "
-                         "--reactivate")
+    if (arguments.admin is None and arguments.displayname is None and not arguments.reactivate
+            and arguments.email is None):
+        raise UsageError("nothing to change: give --admin, --no-admin, --displayname, --email "
+                         "or --reactivate")
     synapse = _admin_client(user)
     current = synapse.user(user)
     fields: dict[str, Any] = {}
@@ -108,6 +117,8 @@ def run_modify(arguments: argparse.Namespace) -> int:
         fields["admin"] = arguments.admin
     if arguments.displayname is not None:
         fields["displayname"] = arguments.displayname
+    if arguments.email is not None:
+        fields["threepids"] = email_threepids(current, arguments.email)
     if arguments.reactivate:
         if not current.get("deactivated"):
             raise MatrixStackError(f"{user} is not deactivated")
@@ -137,6 +148,10 @@ def _describe(key: str, value: Any) -> str:
         return "re-activated"
     if key == "admin":
         return "administrator" if value else "not an administrator"
+    if key == "threepids":
+        from matrix_stack.synapse_api import emails
+
+        return "e-mail " + ", ".join(emails({"threepids": value}))
     return f"{key} {value!r}"
 
 
@@ -149,7 +164,7 @@ def _seconds_or_ms(value: Any) -> int | None:
 
 
 def run_show(arguments: argparse.Namespace) -> int:
-    from matrix_stack.synapse_api import devices
+    from matrix_stack.synapse_api import devices, emails
 
     user = target_user(arguments.name)
     synapse = _admin_client(user)
@@ -168,6 +183,7 @@ def run_show(arguments: argparse.Namespace) -> int:
         "displayname": details.get("displayname"),
         "admin": bool(details.get("admin")),
         "deactivated": bool(details.get("deactivated")),
+        "emails": emails(details),
         "created": format_time(_seconds_or_ms(details.get("creation_ts"))),
         "last_seen": format_time(details.get("last_seen_ts")),
         "device_count": len(sessions),
@@ -176,8 +192,11 @@ def run_show(arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps(shown, indent=2))
         return 0
-    for key in ("user_id", "displayname", "admin", "deactivated", "created", "last_seen"):
+    for key in ("user_id", "displayname", "admin", "deactivated", "emails", "created",
+                "last_seen"):
         value = shown[key]
+        if isinstance(value, list):
+            value = ", ".join(value)
         text = ("yes" if value else "no") if isinstance(value, bool) else (value or "-")
         print(f"{key.replace('_', ' ') + ':':13} {text}")
     print(f"{'devices:':13} {len(sessions)}")

@@ -18,6 +18,21 @@ PASSWORD_FILE_HELP = (
     "never given on the command line"
 )
 NAME_HELP = "a user name, or @name:SERVER of this server"
+EMAIL_HELP = (
+    "bind this e-mail address to the account, as verified (password reset and notifications "
+    "go to it; it replaces any other e-mail address of the account)"
+)
+
+
+def email_argument(value: str) -> str:
+    """Return an e-mail address given on the command line, or make argparse refuse it."""
+    from matrix_stack.errors import SettingsError
+    from matrix_stack.settings import check_email
+
+    try:
+        return check_email("--email", value)
+    except SettingsError as error:
+        raise argparse.ArgumentTypeError(f"{value!r} {error.reason}") from None
 
 
 def add_commands(commands: Any) -> None:
@@ -43,6 +58,7 @@ def add_commands(commands: Any) -> None:
     add.add_argument(
         "--exists-ok", action="store_true", help="succeed, changing nothing, if it exists"
     )
+    add.add_argument("--email", metavar="ADDR", type=email_argument, help=EMAIL_HELP)
     add.set_defaults(handler=run_add)
 
     listing = user_commands.add_parser(
@@ -57,6 +73,10 @@ def add_commands(commands: Any) -> None:
         "user_id, admin, deactivated, created and last_seen"
     )
     listing.add_argument("--all", action="store_true", help="include deactivated accounts")
+    listing.add_argument(
+        "--email", metavar="ADDR", type=email_argument,
+        help="list only the account this e-mail address is bound to",
+    )
     listing.set_defaults(handler=run_list)
 
     deactivate = user_commands.add_parser(
@@ -139,7 +159,18 @@ def run_add(arguments: argparse.Namespace) -> int:
         raise
     user_names.update(add=user.localpart)
     print(f"created {user}{' (administrator)' if arguments.admin else ''}")
+    if arguments.email:
+        bind_email(user, arguments.email)
     return 0
+
+
+def bind_email(user: Any, address: str) -> None:
+    """Bind address to user's account as verified, through the admin API."""
+    from matrix_stack.synapse_api import admin_session, email_threepids, modify_user
+
+    synapse = admin_session(user.server_name)
+    modify_user(synapse, user, {"threepids": email_threepids(synapse.user(user), address)})
+    print(f"bound {address} to {user}")
 
 
 def format_time(milliseconds: Any) -> str | None:
@@ -186,12 +217,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def run_list(arguments: argparse.Namespace) -> int:
     from matrix_stack.apply import ensure_root
-    from matrix_stack.synapse_api import admin_session, service_account
+    from matrix_stack.synapse_api import admin_session, service_account, user_of_email
 
     ensure_root()
     server_name = local_server_name()
     synapse = admin_session(server_name)
     users = list(synapse.users(include_deactivated=arguments.all))
+    if arguments.email:
+        owner = user_of_email(synapse, arguments.email)
+        users = [user for user in users if user["name"] == owner]
     rows = user_rows(users, str(service_account(server_name)))
     user_names.remember(
         row["user_id"][1:].split(":")[0] for row in rows if not row["deactivated"]

@@ -30,8 +30,9 @@ def add_commands(commands: Any) -> None:
         "UDP and TCP); the certificate valid (a warning under 14 days); every generated file "
         "in step with stack.yaml or edited locally (ucf); Synapse's version and health; the "
         "federation self-check; the TURN test; the Element version served against the one "
-        "configured; free disk space for Synapse's database and media. The exit status is 1 "
-        "when any check fails.",
+        "configured; free disk space for Synapse's database and media; the mail server Synapse "
+        "sends through (connect, EHLO, STARTTLS or TLS, nothing sent), and a warning when "
+        "registration is open without mail. The exit status is 1 when any check fails.",
     )
     doctor.add_argument(
         "--json", action="store_true",
@@ -225,6 +226,29 @@ def check_backup(settings: Any, now: float | None = None) -> list[Check]:
                   warning=late)]
 
 
+def check_mail(settings: Any, probe: Callable[[], str] | None = None) -> list[Check]:
+    """The mail server Synapse sends through, reached as Synapse would (nothing is sent)."""
+    checks = []
+    if settings.registration == "open" and not settings.mail_on:
+        checks.append(Check("registration", True, "open to anyone, without any verification "
+                            "(mail off)", "turn mail on (matrix-stack/mail) to require a "
+                            "verified e-mail address, or use registration tokens", warning=True))
+    if not settings.mail_on:
+        return [*checks, Check("mail", True, "off (matrix-stack/mail)")]
+    if probe is None:
+        from matrix_stack import mail
+
+        def probe() -> str:
+            return mail.probe(mail.read_smtp_server())
+
+    try:
+        detail = probe()
+    except MatrixStackError as error:
+        return [*checks, Check("mail", False, str(error),
+                               "run: matrix-stack-admin mail test ADDRESS")]
+    return [*checks, Check("mail", True, detail)]
+
+
 def run_doctor(arguments: argparse.Namespace) -> int:
     from matrix_stack.apply import ensure_root
     from matrix_stack.stack import current_settings
@@ -237,7 +261,7 @@ def run_doctor(arguments: argparse.Namespace) -> int:
         lambda: check_certificate(settings), lambda: check_files(settings), check_synapse,
         lambda: federation_checks(settings), lambda: check_turn(settings),
         lambda: check_element(settings), check_disk, lambda: check_database(settings),
-        lambda: check_backup(settings),
+        lambda: check_backup(settings), lambda: check_mail(settings),
     )
     for step in steps:
         found = step()

@@ -17,7 +17,7 @@ from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
 from matrix_stack.paths import STACK_PATH
-from matrix_stack.settings import Settings
+from matrix_stack.settings import MailMode, Settings
 from matrix_stack.stack import change
 from matrix_stack.system import System, system_for
 
@@ -66,11 +66,12 @@ def configure(
     def apply_settings(settings: Settings) -> list[str]:
         store_database_password(debconf, settings, root, check_password,
                                 taken=adoption.database_password if adoption else "")
+        store_mail_password(debconf, settings, root)
         taken = adopt.carry_out(adoption, settings, root) if adoption else []
         return taken + apply(settings, root=root, debconf_ok=True,
                              set_synapse_answer=set_synapse_answer, system=system).lines()
 
-    keeps = [secrets.DATABASE_PASSFILE]
+    keeps = [secrets.DATABASE_PASSFILE, secrets.MAIL_PASSWORD_PATH]
     if adoption:
         keeps += adopt.undo_paths(adoption)
     changed = change(edit, root=root, source="debconf", apply_settings=apply_settings,
@@ -120,6 +121,28 @@ def store_database_password(
         raise MatrixStackError(
             f"matrix-stack/database-password: a password for PostgreSQL role "
             f"{settings.database_user} is needed; run: dpkg-reconfigure matrix-stack"
+        )
+
+
+def store_mail_password(
+    debconf: answers.DebconfLike, settings: Settings, root: Path = Path("/")
+) -> None:
+    """Keep the mail relay's password in its root-only file, never in debconf.
+
+    Empty keeps the one stored earlier; a relay login without any password is refused.
+    """
+    try:
+        password = debconf.get(answers.MAIL_PASSWORD_QUESTION)
+    finally:
+        debconf.set(answers.MAIL_PASSWORD_QUESTION, "")
+    if settings.mail is not MailMode.RELAY or not settings.mail_relay_user:
+        return
+    if password:
+        secrets.store_mail_password(password, root)
+    elif not secrets.read_mail_password(root):
+        raise MatrixStackError(
+            f"matrix-stack/mail-relay-password: a password for the mail relay user "
+            f"{settings.mail_relay_user} is needed; run: dpkg-reconfigure matrix-stack"
         )
 
 
@@ -186,6 +209,7 @@ def run_configure(
     finally:
         session.set(ADMIN_PASSWORD_QUESTION, "")
         session.set(answers.DATABASE_PASSWORD_QUESTION, "")
+        session.set(answers.MAIL_PASSWORD_QUESTION, "")
     return 0
 
 

@@ -22,6 +22,7 @@ from matrix_stack.paths import (
 )
 from matrix_stack.secrets import (
     DATABASE_PASSFILE,
+    MAIL_PASSWORD_PATH,
     REGISTRATION_SECRET_PATH,
     TURN_SECRET_PATH,
     Secrets,
@@ -125,6 +126,8 @@ def render_element_config(settings: Settings, country_code: str = "") -> str:
         # no rageshakes or analytics and loads no map tiles (its sample config has maptiler).
         "setting_defaults": {
             "UIFeature.registration": settings.registration is not RegistrationMode.DISABLED,
+            # "Forgot password?" only where Synapse can mail a reset link.
+            "UIFeature.passwordReset": settings.password_reset_on,
             # Widgets are third-party pages; off, Element also hides the call buttons in rooms
             # of more than two (Jitsi, Element Call) and keeps 1:1 calls (useRoomCall.tsx).
             "UIFeature.widgets": False,
@@ -158,6 +161,7 @@ def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[File
         "tls_paths": certificate_paths(settings),
         "registration_secret_path": str(REGISTRATION_SECRET_PATH),
         "database_passfile": str(DATABASE_PASSFILE),
+        "mail_password_path": str(MAIL_PASSWORD_PATH),
         "turn_secret_path": str(TURN_SECRET_PATH),
         "moved_secrets": secrets.moved,
         "denied_ranges": denied_ranges(),

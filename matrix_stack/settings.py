@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import ipaddress
 import re
@@ -48,6 +49,21 @@ class RegistrationMode(enum.StrEnum):
 class DatabaseMode(enum.StrEnum):
     SQLITE = "sqlite"
     POSTGRESQL = "postgresql"
+
+
+class MailMode(enum.StrEnum):
+    OFF = "off"
+    LOCAL = "local"  # this host's MTA (exim4, postfix) on 127.0.0.1:25
+    RELAY = "relay"  # a smarthost, with TLS and usually authentication
+
+
+class MailSecurity(enum.StrEnum):
+    STARTTLS = "starttls"
+    TLS = "tls"
+
+
+# The submission ports: STARTTLS (RFC 6409) and implicit TLS (RFC 8314).
+DEFAULT_RELAY_PORTS = {MailSecurity.STARTTLS: 587, MailSecurity.TLS: 465}
 
 
 class BackupSchedule(enum.StrEnum):
@@ -101,6 +117,14 @@ class Settings:
     backup_schedule: BackupSchedule = BackupSchedule.OFF
     backup_dir: str = DEFAULT_BACKUP_DIR
     backup_keep: int = DEFAULT_BACKUP_KEEP
+    mail: MailMode = MailMode.OFF
+    mail_from: str = ""
+    mail_relay_host: str = ""
+    mail_relay_port: int = DEFAULT_RELAY_PORTS[MailSecurity.STARTTLS]
+    mail_relay_security: MailSecurity = MailSecurity.STARTTLS
+    mail_relay_user: str = ""
+    mail_password_reset: bool = True
+    admin_email: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -117,6 +141,16 @@ class Settings:
             return tuple(dict.fromkeys(("matrix.org", *self.federation_key_servers)))
         # Synapse refuses to ask a key server that its whitelist does not admit.
         return tuple(k for k in self.federation_key_servers if k in self.federation_domains)
+
+    @property
+    def mail_on(self) -> bool:
+        """Return whether Synapse sends mail (verification, password reset, notifications)."""
+        return self.mail is not MailMode.OFF
+
+    @property
+    def password_reset_on(self) -> bool:
+        """Return whether users may reset their own password by mail."""
+        return self.mail_on and self.mail_password_reset
 
     @property
     def remote_database(self) -> bool:
@@ -194,6 +228,33 @@ def check_email(question: str, value: object) -> str:
     text = str(value or "").strip()
     if not _EMAIL.fullmatch(text.lower()):
         raise SettingsError(question, value, "is not an e-mail address such as admin@example.org")
+    return text
+
+
+def check_mail_from(question: str, value: object) -> str:
+    """Return a sender such as 'Matrix <noreply@example.org>' or a bare address."""
+    text = str(value or "").strip()
+    _name, address = email.utils.parseaddr(text)
+    if "\n" in text or "\r" in text or not _EMAIL.fullmatch(address.lower()):
+        raise SettingsError(
+            question, value, "is not a sender such as Matrix <noreply@example.org>"
+        )
+    return text
+
+
+def check_mail_host(question: str, value: object) -> str:
+    """Return the relay's host name or IP address (never empty)."""
+    text = str(value or "").strip()
+    if not text:
+        raise SettingsError(question, value, "is empty: the relay's host name is needed")
+    return check_ip(question, text) if _is_ip(text) else check_dns_name(question, text)
+
+
+def check_mail_user(question: str, value: object) -> str:
+    """Return an SMTP login name: one line without blanks, or '' (no authentication)."""
+    text = str(value or "").strip()
+    if re.search(r"\s", text):
+        raise SettingsError(question, value, "must not contain blanks or line breaks")
     return text
 
 
@@ -326,6 +387,41 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def getter(raw: Mapping[str, Any]) -> Callable[..., Any]:
+    """Return get(key, check, default=''): raw[key] checked, default when missing or empty."""
+
+    def get(key: str, check: Callable[[str, Any], Any], default: Any = "") -> Any:
+        value = raw.get(key)
+        return check(key, default if value in (None, "") else value)
+
+    return get
+
+
+def mail_fields(raw: Mapping[str, Any], server_name: str) -> dict[str, Any]:
+    """Return the mail_* and admin_email fields; the relay's only checked when it is used."""
+
+    get = getter(raw)
+    mode = get("mail", lambda q, v: check_choice(q, v, MailMode), MailMode.OFF)
+    security = get(
+        "mail_relay_security",
+        lambda q, v: check_choice(q, v, MailSecurity),
+        MailSecurity.STARTTLS,
+    )
+    relay = mode is MailMode.RELAY
+    return {
+        "mail": mode,
+        "mail_from": get("mail_from", check_mail_from, f"Matrix <noreply@{server_name}>"),
+        "mail_relay_host": get("mail_relay_host", check_mail_host)
+        if relay
+        else str(raw.get("mail_relay_host") or "").strip(),
+        "mail_relay_port": get("mail_relay_port", check_port, DEFAULT_RELAY_PORTS[security]),
+        "mail_relay_security": security,
+        "mail_relay_user": get("mail_relay_user", check_mail_user),
+        "mail_password_reset": get("mail_password_reset", check_bool, True),
+        "admin_email": get("admin_email", lambda q, v: check_email(q, v) if v else ""),
+    }
+
+
 def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
     """Validate stack.yaml's keys into Settings; empty derived names take their defaults."""
     known = {name for name in Settings.__dataclass_fields__ if name != "warnings"}
@@ -333,10 +429,7 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
     if unknown:
         raise SettingsError(unknown[0], raw[unknown[0]], "is not a matrix-stack setting")
 
-    def get(key: str, check: Callable[[str, Any], Any], default: Any = "") -> Any:
-        value = raw.get(key)
-        return check(key, default if value in (None, "") else value)
-
+    get = getter(raw)
     server_name = get("server_name", check_dns_name)
     element_domain = get("element_domain", check_dns_name, f"element.{server_name}")
     tls = get("tls", lambda q, v: check_choice(q, v, TlsMode), TlsMode.SELF_SIGNED)
@@ -410,6 +503,7 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         ),
         backup_dir=get("backup_dir", check_directory, DEFAULT_BACKUP_DIR),
         backup_keep=get("backup_keep", check_keep, DEFAULT_BACKUP_KEEP),
+        **mail_fields(raw, server_name),
         warnings=tuple(warnings),
     )
     ignored_key_servers = [

@@ -331,6 +331,40 @@ def modify_user(synapse: Synapse, user: UserId, fields: Mapping[str, Any]) -> di
     return result
 
 
+def email_threepids(details: Mapping[str, Any], address: str) -> list[dict[str, str]]:
+    """Return the account's third-party IDs with address as its one e-mail address.
+
+    PUT /_synapse/admin/v2/users replaces the whole list: phone numbers are kept.
+    """
+    kept = [
+        {"medium": str(threepid["medium"]), "address": str(threepid["address"])}
+        for threepid in details.get("threepids") or []
+        if threepid.get("medium") != "email"
+    ]
+    return [*kept, {"medium": "email", "address": address}]
+
+
+def emails(details: Mapping[str, Any]) -> list[str]:
+    """Return the account's bound e-mail addresses."""
+    return [
+        str(threepid["address"])
+        for threepid in details.get("threepids") or []
+        if threepid.get("medium") == "email"
+    ]
+
+
+def user_of_email(synapse: Synapse, address: str) -> str | None:
+    """Return the user ID an e-mail address is bound to, None when to nobody."""
+    path = f"{ADMIN}/v1/threepid/email/users/{urllib.parse.quote(address, safe='')}"
+    try:
+        result = synapse.request("GET", path)
+    except SynapseError as error:
+        if error.status == 404:
+            return None
+        raise
+    return str(result["user_id"])
+
+
 def devices(synapse: Synapse, user: UserId) -> list[dict[str, Any]]:
     """Return the user's devices (sessions)."""
     result = synapse.request("GET", f"{ADMIN}/v2/users/{quote(user)}/devices")

@@ -337,6 +337,9 @@ def test_interactive_reconfigure_reasks_an_invalid_answer_and_applies_changes(
         (r"Location of the Element release tarballs: ", [""]),
         (r"Database for Synapse: ", ["sqlite"]),
         (r"First administrator account \(optional\): ", [""]),
+        (r"How Synapse sends mail: ", ["off"]),
+        (r"Contact e-mail address of the server's administrator \(optional\): ",
+         ["admin", f"admin@{SERVER}"]),
     ]
     child = pexpect.spawn(
         "nsenter",
@@ -364,11 +367,16 @@ def test_interactive_reconfigure_reasks_an_invalid_answer_and_applies_changes(
     assert 'The answer "Bad Name!" to the question "server-name" is not valid' in text
     assert "A DNS name is needed" in text
     assert "registration: token" in stack.read_stack(ct)
+    # The mail questions come last; a bad address is asked again with the reason.
+    assert asked[prompts[-1][0]] == 2, text
+    assert "An e-mail address is needed, such as admin@example.org, or nothing." in text
+    assert f"admin_email: admin@{SERVER}" in stack.read_stack(ct)
     assert changed == {"matrix-synapse": True, "coturn": False, "apache2": False}
     stack.wait_for_client_api(ct)
     flows = https(ct, "/_matrix/client/v3/register", method="POST", body={}).json()["flows"]
     assert any("m.login.registration_token" in flow["stages"] for flow in flows)
     set_stack_value(ct, "registration", "disabled")
+    set_stack_value(ct, "admin_email", "''")
     ct.run(["matrix-stack-admin", "apply"])
     stack.wait_for_client_api(ct)
 

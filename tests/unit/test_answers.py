@@ -21,6 +21,7 @@ from matrix_stack.answers import (
     BOOTSTRAP_QUESTIONS,
     DATABASE_PASSWORD_QUESTION,
     FILE_ONLY_KEYS,
+    MAIL_PASSWORD_QUESTION,
     debconf_from_yaml,
     yaml_from_debconf,
 )
@@ -76,10 +77,18 @@ PRESEED = {
     "matrix-stack/database-port": "5433",
     "matrix-stack/database-name": "synapse",
     "matrix-stack/database-user": "synapse_user",
+    "matrix-stack/mail": "relay",
+    "matrix-stack/mail-from": "Chat <chat@example.org>",
+    "matrix-stack/mail-relay-host": "smtp.example.org",
+    "matrix-stack/mail-relay-port": "465",
+    "matrix-stack/mail-relay-security": "tls",
+    "matrix-stack/mail-relay-user": "matrix@example.org",
+    "matrix-stack/mail-password-reset": "false",
+    "matrix-stack/admin-email": "admin@example.org",
 }
 
 
-ONE_TIME_QUESTIONS = {*BOOTSTRAP_QUESTIONS, DATABASE_PASSWORD_QUESTION}
+ONE_TIME_QUESTIONS = {*BOOTSTRAP_QUESTIONS, DATABASE_PASSWORD_QUESTION, MAIL_PASSWORD_QUESTION}
 
 
 def template_questions() -> list[str]:
@@ -183,6 +192,14 @@ def test_yaml_from_debconf_converts_booleans_and_lists() -> None:
         "database_port": 5433,
         "database_name": "synapse",
         "database_user": "synapse_user",
+        "mail": "relay",
+        "mail_from": "Chat <chat@example.org>",
+        "mail_relay_host": "smtp.example.org",
+        "mail_relay_port": 465,
+        "mail_relay_security": "tls",
+        "mail_relay_user": "matrix@example.org",
+        "mail_password_reset": False,
+        "admin_email": "admin@example.org",
     }
 
 

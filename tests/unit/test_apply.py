@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from matrix_stack.apply import Report, apply, diff
+from matrix_stack.apply import Report, apply, check_mail_password, diff
 from matrix_stack.errors import MatrixStackError, ValidationError
 from matrix_stack.files import Outcome, Plan, UcfState, apply_plan, md5_text
 from matrix_stack.host import Facts
@@ -32,7 +32,7 @@ from matrix_stack.paths import (
 from matrix_stack.render import (
     render_all,
 )
-from matrix_stack.secrets import read_secrets
+from matrix_stack.secrets import read_secrets, store_mail_password
 from matrix_stack.servername import ensure_server_name
 from matrix_stack.settings import Settings
 from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH, certificate_names
@@ -664,3 +664,22 @@ def test_apply_with_database_ready_skips_the_database_check(
           prepare_database=refuse, database_ready=True)
 
     assert on_disk(tmp_path, SYNAPSE_CONF_PATH).exists()
+
+
+def test_diff_of_dry_run_masks_the_mail_relay_password(tmp_path: Path) -> None:
+    store_mail_password("relay-secret-123", tmp_path)
+    settings = make_settings(tmp_path, mail="relay", mail_relay_host="smtp.example.org",
+                             mail_relay_user="matrix")
+
+    text = diff(apply(settings, root=tmp_path, dry_run=True).plans)
+
+    assert "relay-secret-123" not in text
+    assert "+  smtp_pass: '***'\n" in text
+
+
+def test_apply_with_a_relay_login_but_no_stored_password_is_refused(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, mail="relay", mail_relay_host="smtp.example.org",
+                             mail_relay_user="matrix")
+
+    with pytest.raises(MatrixStackError, match="no password is stored for the mail relay user"):
+        check_mail_password(settings, read_secrets(tmp_path))

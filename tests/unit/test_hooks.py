@@ -15,6 +15,7 @@ from matrix_stack.hooks import (
     main,
     run_configure,
     store_database_password,
+    store_mail_password,
 )
 from matrix_stack.settings import Settings, from_mapping
 from matrix_stack.stack import read_stack, write_stack
@@ -226,3 +227,33 @@ def test_configure_with_the_right_password_but_a_refused_apply_keeps_the_old_one
     assert after[PASSFILE] == (b"*:*:*:*:old\n", 0o600)
     assert after["etc/matrix-stack/stack.yaml"] == before["etc/matrix-stack/stack.yaml"]
     assert [name for name in after if ".database.pgpass.new-" in name] == []
+
+
+RELAY = from_mapping({"server_name": "example.org", "mail": "relay",
+                      "mail_relay_host": "smtp.example.org", "mail_relay_user": "matrix"})
+MAIL_PASSWORD_FILE = "etc/matrix-stack/secrets/mail_relay_password"
+
+
+def test_the_mail_password_is_stored_root_only_then_cleared_from_debconf(tmp_path: Path) -> None:
+    debconf = Answers({answers.MAIL_PASSWORD_QUESTION: "relay pw"})
+    store_mail_password(debconf, RELAY, tmp_path)
+
+    assert debconf.values[answers.MAIL_PASSWORD_QUESTION] == ""
+    stored = tmp_path / MAIL_PASSWORD_FILE
+    assert (stored.read_text(), stored.stat().st_mode & 0o777) == ("relay pw\n", 0o600)
+    # Reconfigured without a new password: the stored one is kept.
+    store_mail_password(Answers({}), RELAY, tmp_path)
+    assert stored.read_text() == "relay pw\n"
+
+
+def test_a_relay_login_without_any_mail_password_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MatrixStackError, match="a password for the mail relay user matrix"):
+        store_mail_password(Answers({}), RELAY, tmp_path)
+
+
+def test_a_mail_password_answer_is_cleared_even_with_mail_off(tmp_path: Path) -> None:
+    debconf = Answers({answers.MAIL_PASSWORD_QUESTION: "pw"})
+    store_mail_password(debconf, LOCAL, tmp_path)
+
+    assert debconf.values[answers.MAIL_PASSWORD_QUESTION] == ""
+    assert not (tmp_path / MAIL_PASSWORD_FILE).exists()

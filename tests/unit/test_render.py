@@ -45,7 +45,8 @@ from matrix_stack.settings import Settings, from_mapping
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 SECRET = "test-turn-secret"
-SECRETS = Secrets(turn_shared_secret=SECRET)
+MAIL_PASSWORD = "test-mail-password"
+SECRETS = Secrets(turn_shared_secret=SECRET, mail_relay_password=MAIL_PASSWORD)
 DEFAULT_FACTS = Facts(listening_ip="203.0.113.10", external_ip="203.0.113.10")
 NAT_FACTS = Facts(listening_ip="10.0.0.7", external_ip="198.51.100.7/10.0.0.7")
 SERVER_WELL_KNOWN = WELL_KNOWN_DIR / "matrix" / "server"
@@ -92,12 +93,22 @@ def case_settings(case: str, root: Path) -> tuple[Settings, Facts]:
             registration="open",
             turn_enable=False,
         )
+    elif case == "mail-local":
+        raw.update(mail="local", registration="open", admin_email="admin@matrix.example.org")
+    elif case == "mail-relay":
+        raw.update(
+            mail="relay",
+            mail_from="Chat <chat@example.org>",
+            mail_relay_host="smtp.example.org",
+            mail_relay_user="matrix@example.org",
+            mail_password_reset=False,
+        )
     else:
         assert case == "defaults"
     return from_mapping(raw, root), facts
 
 
-CASES = ["defaults", "full", "acme", "behind-proxy"]
+CASES = ["defaults", "full", "acme", "behind-proxy", "mail-local", "mail-relay"]
 Renders = dict[str, dict[Path, FileSpec]]
 ALL_PATHS = [
     SYNAPSE_CONF_PATH,
@@ -480,6 +491,7 @@ def test_render_element_config_keeps_calls_widgets_and_integrations_off_third_pa
         "integrations_widgets_urls": None,
         "setting_defaults": {
             "UIFeature.registration": False,
+            "UIFeature.passwordReset": False,
             "UIFeature.widgets": False,
             "UIFeature.locationSharing": False,
         },
@@ -514,3 +526,81 @@ def test_the_postrm_gets_the_generated_files_from_the_package() -> None:
         cwd=Path(__file__).parents[2],
     ).stdout.split()
     assert printed == [str(path) for path in GENERATED_FILES]
+
+
+# --- mail -----------------------------------------------------------------------------------
+
+
+def render_mail(tmp_path: Path, **raw: Any) -> dict[Path, FileSpec]:
+    settings = from_mapping({"server_name": "example.org", **raw}, tmp_path)
+    return {spec.path: spec for spec in render_all(settings, SECRETS, DEFAULT_FACTS)}
+
+
+def test_render_synapse_with_mail_off_has_no_email_block_and_element_hides_reset(
+    tmp_path: Path,
+) -> None:
+    specs = render_mail(tmp_path)
+    config = yaml.safe_load(specs[SYNAPSE_CONF_PATH].text)
+    element = json.loads(specs[ELEMENT_CONFIG_PATH].text)
+
+    assert "email" not in config
+    assert "admin_contact" not in config
+    assert element["setting_defaults"]["UIFeature.passwordReset"] is False
+
+
+def test_render_synapse_with_relay_tls_forces_tls_on_465_and_element_shows_reset(
+    tmp_path: Path,
+) -> None:
+    specs = render_mail(tmp_path, mail="relay", mail_relay_host="192.0.2.25",
+                        mail_relay_security="tls")
+    email = yaml.safe_load(specs[SYNAPSE_CONF_PATH].text)["email"]
+    element = json.loads(specs[ELEMENT_CONFIG_PATH].text)
+
+    assert email == {
+        "smtp_host": "192.0.2.25", "smtp_port": 465, "force_tls": True,
+        "require_transport_security": False, "notif_from": "Matrix <noreply@example.org>",
+        "app_name": "example.org", "client_base_url": "https://element.example.org/",
+        "enable_notifs": True, "notif_for_new_users": True, "validation_token_lifetime": "1h",
+    }
+    assert element["setting_defaults"]["UIFeature.passwordReset"] is True
+
+
+def test_render_synapse_with_relay_login_puts_the_stored_password_in_the_email_block(
+    tmp_path: Path,
+) -> None:
+    specs = render_mail(tmp_path, mail="relay", mail_relay_host="smtp.example.org",
+                        mail_relay_user="matrix")
+    spec = specs[SYNAPSE_CONF_PATH]
+    email = yaml.safe_load(spec.text)["email"]
+
+    assert (email["smtp_user"], email["smtp_pass"]) == ("matrix", MAIL_PASSWORD)
+    assert (spec.mode, spec.owner) == (0o600, "matrix-synapse")
+
+
+@pytest.mark.parametrize(
+    ("mail", "registration_keys"),
+    [("off", {"enable_registration_without_verification": True}),
+     ("local", {"registrations_require_3pid": ["email"]})],
+)
+def test_render_synapse_open_registration_requires_a_verified_email_only_with_mail(
+    tmp_path: Path, mail: str, registration_keys: dict[str, Any]
+) -> None:
+    config = yaml.safe_load(
+        render_mail(tmp_path, mail=mail, registration="open")[SYNAPSE_CONF_PATH].text
+    )
+    found = {key: config[key] for key in config if key.startswith("registration")
+             or key == "enable_registration_without_verification"}
+    found.pop("registration_shared_secret_path")
+    found.pop("registration_shared_secret")  # null: one inline in homeserver.yaml is off
+
+    assert found == registration_keys
+
+
+def test_render_apache_with_mail_and_reset_off_denies_only_the_reset_request(
+    tmp_path: Path,
+) -> None:
+    on = render_mail(tmp_path, mail="local")[APACHE_SITE_PATH].text
+    off = render_mail(tmp_path, mail="local", mail_password_reset=False)[APACHE_SITE_PATH].text
+
+    assert "requestToken" not in on
+    assert off.count("/account/password/email/requestToken$") == 2

@@ -12,6 +12,8 @@ from matrix_stack.settings import (
     DEFAULT_ELEMENT_SOURCE,
     DatabaseMode,
     FederationMode,
+    MailMode,
+    MailSecurity,
     RegistrationMode,
     Settings,
     TlsMode,
@@ -53,6 +55,12 @@ def test_from_mapping_with_only_server_name_gives_documented_defaults() -> None:
         behind_proxy=False,
         proxy_addresses=("127.0.0.1/32", "::1/128"),
         database=DatabaseMode.SQLITE,
+        mail=MailMode.OFF,
+        mail_from="Matrix <noreply@matrix.example.org>",
+        mail_relay_port=587,
+        mail_relay_security=MailSecurity.STARTTLS,
+        mail_password_reset=True,
+        admin_email="",
     )
     assert settings.warnings == ()
     assert settings.element_on_own_domain is True
@@ -167,7 +175,7 @@ def test_warnings_do_not_take_part_in_equality() -> None:
 
     assert with_warning == Settings(
         server_name=NAME, element_domain=NAME, turn_domain=NAME,
-        proxy_addresses=("127.0.0.1/32", "::1/128"),
+        proxy_addresses=("127.0.0.1/32", "::1/128"), mail_from=f"Matrix <noreply@{NAME}>",
     )
 
 
@@ -476,3 +484,50 @@ def test_remote_database_settings_are_checked() -> None:
                        ("database_user", "1abc"), ("database_user", "a" * 64)]:
         with pytest.raises(SettingsError, match=key):
             from_mapping({"server_name": "example.org", key: value})
+
+
+# --- mail -----------------------------------------------------------------------------------
+
+
+def test_from_mapping_with_relay_tls_defaults_to_port_465_and_the_server_sender() -> None:
+    settings = settings_with(mail="relay", mail_relay_host="SMTP.Example.org.",
+                             mail_relay_security="tls")
+
+    assert (settings.mail, settings.mail_relay_host, settings.mail_relay_port,
+            settings.mail_from) == (MailMode.RELAY, "smtp.example.org", 465,
+                                    f"Matrix <noreply@{NAME}>")
+    assert settings.mail_on and settings.password_reset_on
+
+
+def test_from_mapping_with_mail_off_turns_password_reset_off() -> None:
+    settings = settings_with(mail_password_reset=True)
+
+    assert not settings.mail_on and not settings.password_reset_on
+
+
+def test_from_mapping_with_local_mail_ignores_an_invalid_unused_relay_host() -> None:
+    assert settings_with(mail="local", mail_relay_host="not a host").mail_relay_host == (
+        "not a host"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "reason"),
+    [({"mail": "relay"}, "mail_relay_host", "is empty"),
+     ({"mail": "relay", "mail_relay_host": "smtp example"}, "mail_relay_host", "not a DNS name"),
+     ({"mail_relay_port": 0}, "mail_relay_port", "port number"),
+     ({"mail_relay_port": "smtp"}, "mail_relay_port", "port number"),
+     ({"mail_relay_security": "ssl"}, "mail_relay_security", "is not one of: starttls, tls"),
+     ({"mail": "sendmail"}, "mail", "is not one of: off, local, relay"),
+     ({"mail_from": "Matrix <noreply>"}, "mail_from", "is not a sender"),
+     ({"mail_from": "a@example.org\nBcc: x@example.org"}, "mail_from", "is not a sender"),
+     ({"mail_relay_user": "two words"}, "mail_relay_user", "must not contain blanks"),
+     ({"admin_email": "admin"}, "admin_email", "is not an e-mail address")],
+)
+def test_from_mapping_refuses_bad_mail_settings_naming_the_key(
+    values: dict[str, Any], key: str, reason: str
+) -> None:
+    error = refusal(server_name=NAME, **values)
+
+    assert error.question == key
+    assert reason in error.reason

@@ -75,6 +75,7 @@ ANSWERS: tuple[Answer, ...] = (
     Answer("matrix-stack/database-port", "database_port", _number),
     Answer("matrix-stack/database-name", "database_name"),
     Answer("matrix-stack/database-user", "database_user"),
+    Answer("matrix-stack/workers", "workers"),
 )
 
 # Asked, but kept nowhere on disk: they trigger a one-time action (the bootstrap admin).

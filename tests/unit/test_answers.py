@@ -76,6 +76,7 @@ PRESEED = {
     "matrix-stack/database-port": "5433",
     "matrix-stack/database-name": "synapse",
     "matrix-stack/database-user": "synapse_user",
+    "matrix-stack/workers": "sync=2, media=1",
 }
 
 
@@ -183,6 +184,7 @@ def test_yaml_from_debconf_converts_booleans_and_lists() -> None:
         "database_port": 5433,
         "database_name": "synapse",
         "database_user": "synapse_user",
+        "workers": "sync=2, media=1",
     }
 
 

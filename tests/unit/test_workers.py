@@ -147,7 +147,8 @@ def config_reason(value: str, database: str, bin_dir: Path) -> str:
         "/opt/venvs/", f"{bin_dir}/opt/venvs/")
     result = subprocess.run(
         ["sh", "-c", function + 'workers_reason "$1"', "sh", value],
-        capture_output=True, text=True, check=True, env={"DATABASE": database, "PATH": "/bin:/usr/bin"},
+        capture_output=True, text=True, check=True,
+        env={"DATABASE": database, "PATH": f"{bin_dir}/usr/bin:/bin"},
     )
     return result.stdout.strip()
 

@@ -83,6 +83,7 @@ ANSWERS: tuple[Answer, ...] = (
     Answer("matrix-stack/mail-relay-user", "mail_relay_user"),
     Answer("matrix-stack/mail-password-reset", "mail_password_reset", _boolean, _from_boolean),
     Answer("matrix-stack/admin-email", "admin_email"),
+    Answer("matrix-stack/workers", "workers"),
 )
 
 # Asked, but kept nowhere on disk: they trigger a one-time action (the bootstrap admin).

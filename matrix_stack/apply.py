@@ -33,6 +33,7 @@ from matrix_stack.servername import server_name_changes, write_server_name
 from matrix_stack.services import APACHE_SITE
 from matrix_stack.settings import BackupSchedule, MailMode, Settings
 from matrix_stack.system import (
+    KEY_VALUE_UNITS,
     NOTHING_CHANGED,
     System,
     describe_failure,
@@ -41,6 +42,7 @@ from matrix_stack.system import (
     restart_pending,
     system_for,
     units_of,
+    worker_side,
     write_pending,
 )
 from matrix_stack.tls import (
@@ -51,6 +53,8 @@ from matrix_stack.tls import (
     self_signed_needed,
 )
 from matrix_stack.undo import Undo
+from matrix_stack.workers import KEY_VALUE_SERVERS, WORKERS_DIR
+from matrix_stack.workers import OFF as WORKERS_OFF
 
 UCF_RECORDS = (UCF_STATE_PATH / "hashfile", UCF_STATE_PATH / "registry")
 
@@ -99,13 +103,16 @@ def diff(plans: list[Plan]) -> str:
 
 
 def mask_secret_lines(text: str) -> str:
-    """Return text with the secrets rendered inline (coturn's, the mail relay's) masked."""
+    """Return text with the secrets rendered inline (coturn's, the mail relay's, Valkey's)
+    masked."""
     lines = []
     for line in text.splitlines(keepends=True):
         if "static-auth-secret=" in line:
             line = line.split("static-auth-secret=")[0] + "static-auth-secret=***\n"
         elif line.lstrip("+- ").startswith("smtp_pass:"):
             line = line.split("smtp_pass:")[0] + "smtp_pass: '***'\n"
+        elif line.lstrip("+- ").startswith("requirepass "):
+            line = line.split("requirepass ")[0] + "requirepass ***\n"
         lines.append(line)
     return "".join(lines)
 
@@ -196,16 +203,24 @@ class Attempt:
         self.pending = pending  # recorded before the first write; an earlier run's come first
         self.restarted: list[str] = []  # restarted (or tried) on the new files
         self.site_enabled = False
+        # The Valkey/Redis instance and worker units of the new layout (set once rendered).
+        self.worker_units: list[str] = []
 
     def restartable(self, units: Iterable[str]) -> list[str]:
-        """Return units in restart order; coturn only while TURN is on (else it stays stopped)."""
-        return in_order(unit for unit in units if unit != "coturn" or self.settings.turn_enable)
+        """Return units in restart order; coturn only while TURN is on (else it stays stopped),
+        the workers and Valkey/Redis instance only while in the layout (else they are stopped)."""
+        return in_order(
+            unit for unit in units
+            if (unit != "coturn" or self.settings.turn_enable)
+            and (not worker_side(unit) or unit in self.worker_units)
+        )
 
     def expect(self, paths: Iterable[Path], units: Iterable[str] = ()) -> None:
         """Before writing paths: save them, and record their units (and units) as pending."""
         paths = list(paths)
         self.undo.save(*paths)
-        wanted = self.restartable([*self.pending, *units, *units_of(paths)])
+        workers = [unit for unit in self.worker_units if unit not in KEY_VALUE_UNITS]
+        wanted = self.restartable([*self.pending, *units, *units_of(paths, workers)])
         if wanted != self.pending:
             write_pending(wanted, self.root)
             self.pending = wanted
@@ -219,13 +234,19 @@ class Attempt:
         write_plan: Callable[[Plan, Path], None],
     ) -> None:
         settings, root, system = self.settings, self.root, self.system
+        if settings.workers != WORKERS_OFF:
+            # Before anything is written: no Valkey, or a Synapse without txredisapi.
+            system.check_workers(settings)
         if server_name_changes(settings, root):
             self.expect([SERVER_NAME_PATH])
             write_server_name(settings, root, set_synapse_answer)
-        secrets = ensure_secrets(root)
+        secrets = ensure_secrets(root, workers=settings.workers != WORKERS_OFF)
         check_mail_password(settings, secrets)
         ucf = UcfState(root, debconf_ok=debconf_ok)
         report.plans = plans = plan_files(settings, root, secrets, ucf)
+        rendered = [plan.spec.path for plan in plans]
+        self.worker_units = in_order(unit for unit in units_of(rendered) if worker_side(unit))
+        stale = stale_worker_files(root, ucf, rendered)
         check_certificate_files(settings, root)
         synapse_plan = next((plan for plan in plans if plan.spec.path == SYNAPSE_CONF_PATH), None)
         if synapse_plan is not None and synapse_plan.outcome.changes_live_file:
@@ -255,6 +276,15 @@ class Attempt:
         self.restarted = list(self.pending)
         restarted, failed = system.restart(self.pending) if self.pending else ([], [])
         report.actions += restarted
+        # Workers out of the layout stop only now, their files removed once stopped: the
+        # main process restarted on its new configuration first (one restart window).
+        report.actions += system.stop_workers(self.worker_units)
+        self.undo.save(*stale)
+        for path in stale:
+            files.host_path(path, root).unlink(missing_ok=True)
+            report.actions.append(f"removed {path}")
+        report.actions += system.start_workers(
+            [unit for unit in self.worker_units if unit not in failed])
         report.actions += system.set_turn_service(settings.turn_enable, root)
         report.actions += system.set_backup_timer(
             settings.backup_schedule is BackupSchedule.DAILY
@@ -275,6 +305,8 @@ class Attempt:
                 and ucf.registered_md5(plan.spec.path) != files.md5_text(plan.spec.text)
             ):
                 ucf.register(plan.spec)
+        for path in stale:
+            ucf.forget(path)
         write_pending(failed, root)
         self.pending = failed
 
@@ -309,6 +341,17 @@ class Attempt:
             error.add_note(f"matrix-stack: {state}")
             return error
         return MatrixStackError(f"apply {failure}: {state}")
+
+
+def stale_worker_files(root: Path, ucf: UcfState, rendered: list[Path]) -> list[Path]:
+    """Return the worker and Valkey/Redis configurations matrix-stack wrote that the layout
+    no longer has (an admin's own file there is never one of them)."""
+    candidates = [Path(server.config_path) for server in KEY_VALUE_SERVERS]
+    directory = files.host_path(Path(WORKERS_DIR), root)
+    if directory.is_dir():
+        candidates += [Path(WORKERS_DIR) / path.name for path in sorted(directory.glob("*.yaml"))]
+    return [path for path in candidates if path not in rendered
+            and files.host_path(path, root).exists() and ucf.registered_md5(path) is not None]
 
 
 def ensure_root() -> None:

@@ -81,6 +81,20 @@ def check_ports(settings: Any) -> list[Check]:
     return checks
 
 
+def check_workers(settings: Any) -> list[Check]:
+    """Every worker: its unit active, answering /health, connected for replication."""
+    if settings.workers == "off":
+        return []
+    from matrix_stack.cli_workers import current_workers, processes
+
+    workers, _cores = current_workers(settings)
+    checks = []
+    for process in processes(settings, workers)[1:]:
+        checks.append(Check(f"worker {process.name}", process.ok, process.line().split(": ", 1)[1],
+                            f"see: journalctl -u {process.unit}"))
+    return checks
+
+
 def check_certificate(settings: Any) -> list[Check]:
     from matrix_stack.tls import certificate_paths
 
@@ -257,7 +271,8 @@ def run_doctor(arguments: argparse.Namespace) -> int:
     settings = current_settings()
     checks: list[Check] = []
     steps: tuple[Callable[[], list[Check]], ...] = (
-        lambda: check_services(settings), lambda: check_ports(settings),
+        lambda: check_services(settings), lambda: check_workers(settings),
+        lambda: check_ports(settings),
         lambda: check_certificate(settings), lambda: check_files(settings), check_synapse,
         lambda: federation_checks(settings), lambda: check_turn(settings),
         lambda: check_element(settings), check_disk, lambda: check_database(settings),

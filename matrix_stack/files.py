@@ -113,6 +113,16 @@ class UcfState:
             self._hashes[str(target)] = md5_text(spec.text)
 
 
+    def forget(self, path: Path) -> None:
+        """Drop a file matrix-stack no longer generates from ucf's records (ucf, ucfr)."""
+        target = host_path(path, self.root)
+        options = ["--state-dir", str(self.state_dir)]
+        run(["ucf", "--purge", *options, str(target)])
+        run(["ucfr", "--purge", *options, PACKAGE, str(target)])
+        if self._hashes is not None:
+            self._hashes.pop(str(target), None)
+
+
 def plan_file(spec: FileSpec, root: Path, ucf: UcfState) -> Plan:
     """Return what writing spec would do, following ucf's rules for admin edits."""
     current = read_text(host_path(spec.path, root))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -22,6 +23,18 @@ class Facts:
     listening_ip: str = ""
     external_ip: str = ""
     country_code: str = ""  # of the system locale (Element's default for phone numbers)
+    cpu_count: int = 2  # what matrix-stack/workers: auto sizes the layout to
+    key_value_server: str = "valkey"  # Synapse's replication bus: valkey, else redis
+
+
+def installed_key_value_server(root: Path = Path("/")) -> str:
+    """Return the name of the Valkey or Redis server installed (valkey when neither is)."""
+    from matrix_stack.workers import KEY_VALUE_SERVERS
+
+    for server in KEY_VALUE_SERVERS:
+        if (root / server.binary.lstrip("/")).exists():
+            return server.name
+    return KEY_VALUE_SERVERS[0].name
 
 
 def default_route_address(family: socket.AddressFamily = socket.AF_INET) -> str:
@@ -65,6 +78,8 @@ def gather_facts(settings: Settings, root: Path | None = None) -> Facts:
         listening_ip=listening,
         external_ip=settings.turn_external_ip or listening,
         country_code=locale_country_code(root) if root is not None else "",
+        cpu_count=os.cpu_count() or 1,
+        key_value_server=installed_key_value_server(root or Path("/")),
     )
 
 

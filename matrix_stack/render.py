@@ -23,12 +23,25 @@ from matrix_stack.paths import (
 from matrix_stack.secrets import (
     DATABASE_PASSFILE,
     MAIL_PASSWORD_PATH,
+    REDIS_PASSWORD_PATH,
     REGISTRATION_SECRET_PATH,
     TURN_SECRET_PATH,
+    WORKER_REPLICATION_SECRET_PATH,
     Secrets,
 )
 from matrix_stack.settings import FederationMode, RegistrationMode, Settings
 from matrix_stack.tls import certificate_paths
+from matrix_stack.worker_routes import ROUTES_OF_KIND, apache_pattern
+from matrix_stack.workers import (
+    KEY_VALUE_INSTANCE,
+    KEY_VALUE_PORT,
+    KEY_VALUE_SERVER_BY_NAME,
+    REPLICATION_PORT,
+    KeyValueServer,
+    Worker,
+    of_kind,
+    plan_workers,
+)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -151,10 +164,59 @@ def render_well_known(settings: Settings) -> dict[str, str]:
     }
 
 
+def worker_context(workers: tuple[Worker, ...], kv: KeyValueServer) -> dict[str, Any]:
+    """Return what the templates need to know of the workers (nothing when there are none)."""
+    balancers = []
+    routes = []
+    for kind, patterns in ROUTES_OF_KIND.items():
+        ports = [worker.port for worker in of_kind(workers, kind)]
+        if ports:
+            balancers.append((f"synapse-{kind}", ports))
+            routes += [(apache_pattern(pattern), f"synapse-{kind}") for pattern in patterns]
+    background = of_kind(workers, "background")
+    return {
+        "workers": workers,
+        "replication_port": REPLICATION_PORT,
+        "replication_secret_path": str(WORKER_REPLICATION_SECRET_PATH),
+        "redis_password_path": str(REDIS_PASSWORD_PATH),
+        "kv": kv,
+        "kv_port": KEY_VALUE_PORT,
+        "kv_instance": KEY_VALUE_INSTANCE,
+        "senders": [worker.name for worker in of_kind(workers, "federation-sender")],
+        "media_workers": [worker.name for worker in of_kind(workers, "media")],
+        "background": background[0].name if background else "",
+        "worker_balancers": balancers,
+        "worker_routes": routes,
+    }
+
+
+def render_workers(
+    environment: jinja2.Environment, context: dict[str, Any]
+) -> list[FileSpec]:
+    """Return each worker's configuration and the Valkey/Redis instance's (none when off)."""
+    workers: tuple[Worker, ...] = context["workers"]
+    if not workers:
+        return []
+    kv: KeyValueServer = context["kv"]
+    files = [
+        FileSpec(Path(worker.config_path),
+                 environment.get_template("synapse-worker.yaml.j2").render(worker=worker))
+        for worker in workers
+    ]
+    # Holds the password: readable by the instance's account alone (and root).
+    files.append(FileSpec(Path(kv.config_path),
+                          environment.get_template("valkey.conf.j2").render(context),
+                          0o640, "root", kv.account))
+    return files
+
+
 def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[FileSpec, ...]:
     """Return every generated file with its owner and mode."""
     environment = _environment()
+    workers = plan_workers(settings.workers, facts.cpu_count)
+    kv = KEY_VALUE_SERVER_BY_NAME[facts.key_value_server]
     context = {
+        **worker_context(workers, kv),
         "s": settings,
         "secrets": secrets,
         "facts": facts,
@@ -186,4 +248,5 @@ def render_all(settings: Settings, secrets: Secrets, facts: Facts) -> tuple[File
     ]
     for name, text in render_well_known(settings).items():
         files.append(FileSpec(WELL_KNOWN_DIR / "matrix" / name, text))
+    files += render_workers(environment, context)
     return tuple(files)

@@ -134,6 +134,9 @@ def apache_modules(settings: Settings) -> tuple[str, ...]:
         modules += ["ssl", "http2"]
     if settings.tls is TlsMode.ACME and not settings.behind_proxy:
         modules.append("md")
+    if settings.workers != "off":
+        # balancer:// in front of the workers of each kind.
+        modules += ["slotmem_shm", "proxy_balancer", "lbmethod_byrequests"]
     return tuple(modules)
 
 
@@ -325,3 +328,83 @@ def set_backup_timer(daily: bool) -> list[str]:
         return []
     switch_unit(BACKUP_TIMER, daily, check=True)
     return [f"{'enable' if daily else 'disable'} the daily backup ({BACKUP_TIMER})"]
+
+
+SYNAPSE_TARGET = "matrix-synapse.target"
+TARGET_WANTS = Path("/etc/systemd/system") / f"{SYNAPSE_TARGET}.wants"
+
+
+def check_worker_support(root: Path = Path("/")) -> None:
+    """Refuse workers where they cannot run: no Valkey or Redis server installed (the package
+    installs none itself), or a Synapse without its Redis client txredisapi (Debian's
+    matrix-synapse: the import is tried with Synapse's own Python)."""
+    from matrix_stack.workers import KEY_VALUE_SERVERS
+
+    if not any(host_path(Path(server.binary), root).exists() for server in KEY_VALUE_SERVERS):
+        raise MatrixStackError(
+            "matrix-stack/workers: Synapse's workers talk through Valkey (or Redis), which is "
+            "not installed; install it with: apt install valkey-server"
+        )
+    python = synapse_python()
+    if run([str(python), "-c", "import txredisapi"], check=False).returncode != 0:
+        raise MatrixStackError(
+            f"matrix-stack/workers: this Synapse ({python}) lacks txredisapi, its Redis "
+            "client, which workers need (Debian's matrix-synapse does not package it); use "
+            "the Synapse project's matrix-synapse-py3, or answer off"
+        )
+
+
+def worker_units() -> list[str]:
+    """Return every worker unit enabled under matrix-synapse.target or loaded (running)."""
+    from matrix_stack.workers import WORKER_UNIT
+
+    prefix = WORKER_UNIT.format(name="")
+    units = {link.name.removesuffix(".service") for link in TARGET_WANTS.glob(f"{prefix}*")}
+    listed = run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                  f"{prefix}*.service"], check=False).stdout
+    units.update(line.split()[0].removesuffix(".service") for line in listed.splitlines()
+                 if line.split() and line.split()[0].startswith(prefix))
+    return sorted(units)
+
+
+def stop_workers(keep: Iterable[str]) -> list[str]:
+    """Stop and disable every worker unit and Valkey/Redis instance not in keep."""
+    from matrix_stack.workers import KEY_VALUE_SERVERS
+
+    if not SYSTEMD_RUNNING.exists():
+        return []
+    keep = set(keep)
+    lines = []
+    for unit in worker_units():
+        if unit not in keep:
+            switch_unit(f"{unit}.service", False, check=False)
+            lines.append(f"stop and disable {unit}")
+    for server in KEY_VALUE_SERVERS:
+        if server.unit in keep:
+            continue
+        state = run(["systemctl", "is-enabled", f"{server.unit}.service"], check=False)
+        if state.stdout.strip() == "enabled":
+            switch_unit(f"{server.unit}.service", False, check=False)
+            lines.append(f"stop and disable {server.unit}")
+    return lines
+
+
+def start_workers(units: Iterable[str]) -> list[str]:
+    """Enable (and start, if stopped) units and matrix-synapse.target; none: disable it."""
+    if not SYSTEMD_RUNNING.exists():
+        return []
+    lines = []
+    units = list(units)
+    for unit in [*units, SYNAPSE_TARGET] if units else []:
+        name = unit if "." in unit else f"{unit}.service"
+        state = run(["systemctl", "is-enabled", name], check=False).stdout.strip()
+        if state != "enabled":
+            switch_unit(name, True, check=True)
+            lines.append(f"enable {unit}")
+    if not units:
+        state = run(["systemctl", "is-enabled", SYNAPSE_TARGET], check=False).stdout.strip()
+        if state == "enabled":
+            # Disable only: stopping the target would stop the main process too (PartOf=).
+            run(["systemctl", "disable", SYNAPSE_TARGET], check=False, timeout=180)
+            lines.append(f"disable {SYNAPSE_TARGET}")
+    return lines

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from matrix_stack.errors import SettingsError
+from matrix_stack.workers import OFF as WORKERS_OFF
+from matrix_stack.workers import check_workers
 
 DEFAULT_ELEMENT_SOURCE = (
     "https://github.com/element-hq/element-web/releases/download/"
@@ -125,6 +127,8 @@ class Settings:
     mail_relay_user: str = ""
     mail_password_reset: bool = True
     admin_email: str = ""
+    # Synapse's worker processes: off, auto (sized to the cores) or counts per kind.
+    workers: str = WORKERS_OFF
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -504,8 +508,15 @@ def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
         backup_dir=get("backup_dir", check_directory, DEFAULT_BACKUP_DIR),
         backup_keep=get("backup_keep", check_keep, DEFAULT_BACKUP_KEEP),
         **mail_fields(raw, server_name),
+        workers=check_workers("workers", raw.get("workers")),
         warnings=tuple(warnings),
     )
+    if settings.workers != WORKERS_OFF and settings.database is not DatabaseMode.POSTGRESQL:
+        raise SettingsError(
+            "workers", settings.workers, "needs database: postgresql (Synapse's workers share "
+            "one PostgreSQL database); move it first with: matrix-stack-admin db "
+            "migrate-to-postgresql",
+        )
     ignored_key_servers = [
         name
         for name in settings.federation_key_servers

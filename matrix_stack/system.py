@@ -24,9 +24,13 @@ from matrix_stack.paths import (
 from matrix_stack.settings import Settings
 from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH
 from matrix_stack.undo import describe_problems
+from matrix_stack.workers import KEY_VALUE_SERVERS, WORKER_UNIT, WORKERS_DIR
 
-# The order units restart in: Synapse first (Apache proxies it), Apache last.
+# The order units restart in: Synapse's replication bus first, then Synapse's main process
+# (its workers wait for its replication listener), its workers, Apache last (it proxies them).
 UNIT_ORDER = ("matrix-synapse", "coturn", "apache2")
+KEY_VALUE_UNITS = tuple(server.unit for server in KEY_VALUE_SERVERS)
+WORKER_UNIT_PREFIX = WORKER_UNIT.format(name="")
 
 # Which units read each file written; files served as they are need no reload.
 UNITS_OF_PATH: dict[Path, tuple[str, ...]] = {
@@ -58,6 +62,12 @@ class System(Protocol):
 
     def in_maintainer_script(self) -> bool: ...
 
+    def check_workers(self, settings: Settings) -> None: ...
+
+    def stop_workers(self, keep: Sequence[str]) -> list[str]: ...
+
+    def start_workers(self, units: Sequence[str]) -> list[str]: ...
+
 
 class LiveSystem:
     """This host: Synapse's config check, a2enmod, apache2ctl, systemctl or deb-systemd-invoke."""
@@ -85,6 +95,15 @@ class LiveSystem:
 
     def in_maintainer_script(self) -> bool:
         return services.in_maintainer_script()
+
+    def check_workers(self, settings: Settings) -> None:
+        services.check_worker_support()
+
+    def stop_workers(self, keep: Sequence[str]) -> list[str]:
+        return services.stop_workers(keep)
+
+    def start_workers(self, units: Sequence[str]) -> list[str]:
+        return services.start_workers(units)
 
 
 class NoSystem:
@@ -114,15 +133,43 @@ class NoSystem:
     def in_maintainer_script(self) -> bool:
         return False
 
+    def check_workers(self, settings: Settings) -> None:
+        return None
+
+    def stop_workers(self, keep: Sequence[str]) -> list[str]:
+        return []
+
+    def start_workers(self, units: Sequence[str]) -> list[str]:
+        return []
+
 
 def system_for(root: Path) -> System:
     """Return the live system for the real root, none for a temporary one."""
     return LiveSystem() if root == Path("/") else NoSystem()
 
 
+def _rank(unit: str) -> tuple[int, str] | None:
+    """Return where unit restarts in the order (None: not a unit apply restarts)."""
+    if unit in KEY_VALUE_UNITS:
+        return (0, unit)
+    if unit == "matrix-synapse":
+        return (1, unit)
+    if unit.startswith(WORKER_UNIT_PREFIX) and len(unit) > len(WORKER_UNIT_PREFIX):
+        return (2, unit)
+    if unit in UNIT_ORDER:
+        return (3 + UNIT_ORDER.index(unit), unit)
+    return None
+
+
+def worker_side(unit: str) -> bool:
+    """Return whether unit is a worker's or the Valkey/Redis instance's (workers only)."""
+    return unit in KEY_VALUE_UNITS or (_rank(unit) or (0, ""))[0] == 2
+
+
 def in_order(units: Iterable[str]) -> list[str]:
-    wanted = set(units)
-    return [unit for unit in UNIT_ORDER if unit in wanted]
+    """Return the units apply restarts, each once, in restart order."""
+    ranked = {rank: unit for unit in units if (rank := _rank(unit)) is not None}
+    return [ranked[rank] for rank in sorted(ranked)]
 
 
 def read_pending(root: Path) -> list[str]:
@@ -160,9 +207,19 @@ def restart_pending(system: System, root: Path) -> tuple[list[str], list[str]]:
     return lines, failed
 
 
-def units_of(paths: Iterable[Path]) -> list[str]:
-    """Return the units that read any of paths."""
-    return [unit for path in paths for unit in UNITS_OF_PATH.get(path, ())]
+def units_of(paths: Iterable[Path], workers: Iterable[str] = ()) -> list[str]:
+    """Return the units that read any of paths; workers (units) read Synapse's files too."""
+    workers = list(workers)
+    units: list[str] = []
+    for path in paths:
+        units += UNITS_OF_PATH.get(path, ())
+        if "matrix-synapse" in UNITS_OF_PATH.get(path, ()):
+            units += workers
+        if str(path.parent) == WORKERS_DIR and path.suffix == ".yaml":
+            units.append(WORKER_UNIT.format(name=path.stem))
+        units += [server.unit for server in KEY_VALUE_SERVERS
+                  if str(path) == server.config_path]
+    return units
 
 
 NOTHING_CHANGED = "nothing was changed"

@@ -336,6 +336,7 @@ def test_interactive_reconfigure_reasks_an_invalid_answer_and_applies_changes(
         (r"Element version to install: ", ["latest"]),
         (r"Location of the Element release tarballs: ", [""]),
         (r"Database for Synapse: ", ["sqlite"]),
+        (r"Synapse worker processes: ", ["off"]),
         (r"First administrator account \(optional\): ", [""]),
         (r"How Synapse sends mail: ", ["off"]),
         (r"Contact e-mail address of the server's administrator \(optional\): ",

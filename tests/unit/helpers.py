@@ -63,6 +63,7 @@ class FakeSystem:
     refusals: dict[str, Exception] = field(default_factory=dict)
     maintainer_script: bool = False
     newly_enabled: tuple[str, ...] = ()
+    worker_units_seen: bool = False
 
     def _call(self, name: str, *arguments: str) -> None:
         self.calls.append((name, *arguments))
@@ -101,6 +102,21 @@ class FakeSystem:
 
     def in_maintainer_script(self) -> bool:
         return self.maintainer_script
+
+    def check_workers(self, settings: Settings) -> None:
+        self._call("check_workers", settings.workers)
+
+    def stop_workers(self, keep: Sequence[str]) -> list[str]:
+        # Recorded only once workers are in play (so that tests without them see no call).
+        self.worker_units_seen = self.worker_units_seen or bool(keep)
+        if self.worker_units_seen:
+            self._call("stop_workers", *keep)
+        return []
+
+    def start_workers(self, units: Sequence[str]) -> list[str]:
+        if self.worker_units_seen:
+            self._call("start_workers", *units)
+        return [f"enable {unit}" for unit in units]
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ PRESEED = {
     "matrix-stack/mail-relay-user": "matrix@example.org",
     "matrix-stack/mail-password-reset": "false",
     "matrix-stack/admin-email": "admin@example.org",
+    "matrix-stack/workers": "sync=2, media=1",
 }
 
 
@@ -200,6 +201,7 @@ def test_yaml_from_debconf_converts_booleans_and_lists() -> None:
         "mail_relay_user": "matrix@example.org",
         "mail_password_reset": False,
         "admin_email": "admin@example.org",
+        "workers": "sync=2, media=1",
     }
 
 

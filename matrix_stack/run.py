@@ -41,6 +41,7 @@ def run(
     user: run as that account (its group, no supplementary groups, its HOME, USER, LOGNAME),
     as runuser -u does: the one way this package runs a program as another user.
     """
+    identity = _identity(argv, user, env)
     try:
         result = subprocess.run(
             list(argv),
@@ -50,7 +51,7 @@ def run(
             timeout=timeout,
             check=False,
             pass_fds=tuple(pass_fds),
-            **_identity(user, env),
+            **identity,
         )
     except FileNotFoundError as error:
         raise CommandError(f"{argv[0]} is not installed ({error.strerror})") from None
@@ -76,6 +77,7 @@ def run_streaming(
     """Run argv with its standard input and/or output connected to binary files (pg_dump into
     an archive member, pg_restore from one), its errors captured; raise CommandError with the
     last error line when it fails or outlives timeout (the process is killed then)."""
+    identity = _identity(argv, user, None)
     try:
         result = subprocess.run(
             list(argv),
@@ -84,7 +86,7 @@ def run_streaming(
             stderr=subprocess.PIPE,
             timeout=timeout,
             check=False,
-            **_identity(user, None),
+            **identity,
         )
     except FileNotFoundError as error:
         raise CommandError(f"{argv[0]} is not installed ({error.strerror})") from None
@@ -97,11 +99,19 @@ def run_streaming(
         )
 
 
-def _identity(user: str | None, env: Mapping[str, str] | None) -> dict[str, Any]:
-    """Return subprocess.run's arguments that make the child run as user (None: as we are)."""
+def _identity(
+    argv: Sequence[str], user: str | None, env: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """Return subprocess.run's arguments that make the child run as user (None: as we are);
+    an account that does not exist is a CommandError, as runuser's refusal was."""
     if user is None:
         return {"env": dict(env) if env is not None else None}
-    entry = pwd.getpwnam(user)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise CommandError(
+            f"{argv[0]} not run: the user {user} does not exist (is its package installed?)"
+        ) from None
     environment = dict(os.environ if env is None else env)
     environment.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],

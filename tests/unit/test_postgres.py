@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -243,3 +244,18 @@ def test_prepare_lets_a_synapse_whose_postgresql_holds_nothing_go_back_to_sqlite
 
     assert postgres.prepare(settings("sqlite"), tmp_path, psql) == []
     assert not [sql for sql in psql.statements if not sql.startswith("SELECT")]
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_user("postgres"), reason="this host has a postgres account")
+def test_check_server_without_postgresql_installed_says_none_runs() -> None:
+    # No postgres account at all: psql is not even run, and the reason is the same one line.
+    with pytest.raises(MatrixStackError, match="no PostgreSQL server runs on this host"):
+        postgres.check_server()

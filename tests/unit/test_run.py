@@ -93,3 +93,11 @@ def test_run_as_user_gets_that_users_identity_and_home() -> None:
     uid, groups, environment = result.stdout.splitlines()
     assert (int(uid), groups.split()) == (entry.pw_uid, [str(entry.pw_gid)])
     assert environment == f"{entry.pw_dir} nobody nobody"
+
+
+def test_run_as_a_user_that_does_not_exist_is_a_command_error() -> None:
+    # As runuser's refusal was: callers that turn a failed command into a reason still do.
+    with pytest.raises(CommandError, match="psql not run: the user no-such-user-here does not"):
+        run(["psql"], user="no-such-user-here")
+    with pytest.raises(CommandError, match="pg_dump not run: the user no-such-user-here"):
+        run_streaming(["pg_dump"], user="no-such-user-here")

@@ -34,8 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "restore": ("cli_restore", "put a backup archive back (same server name only)"),
     "mail": ("cli_mail", "send a test message the way Synapse sends its mail"),
-    "proxy-config": ("proxy_config", "print a Traefik or HAProxy configuration for this stack"),
-    "doctor": ("doctor", "check the whole stack, one line per check"),
+    "proxy-config": ("cli_proxy_config", "print a Traefik or HAProxy configuration for this stack"),
+    "doctor": ("cli_doctor", "check the whole stack, one line per check"),
     "workers": ("cli_workers", "Synapse's worker processes: layout, state and load"),
     "adopt": (
         "cli_adopt", "take over a server set up by hand with the recipe (--dry-run: say what first)"

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 from matrix_stack.errors import MatrixStackError, UsageError
 
 if TYPE_CHECKING:  # imported when needed: the command line starts faster
-    pass
+    from matrix_stack.settings import Settings
 
-# The postinst never waits longer than this for Element (a slow or offline network).
 DOWNGRADE_HELP = (
     "install a release older than the one served (refused otherwise: a stale mirror or a "
     "tampered download can offer an old, validly signed release)"
@@ -70,7 +69,7 @@ def add_commands(commands: Any) -> None:
     rollback.set_defaults(handler=run_rollback)
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     from matrix_stack.stack import current_settings
 
     return current_settings()
@@ -82,7 +81,7 @@ def _downloader() -> Any:
     return Downloader(progress=Progress())
 
 
-def status_lines(settings: Any, root: Path = Path("/")) -> list[str]:
+def status_lines(settings: Settings, root: Path = Path("/")) -> list[str]:
     """Return what element status prints: served, previous, configured."""
     from matrix_stack import element
     from matrix_stack.element_download import latest_url

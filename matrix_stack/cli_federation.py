@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matrix_stack.errors import MatrixStackError
+
+if TYPE_CHECKING:
+    from matrix_stack.settings import Settings
 
 MODES = ("allow-list", "open", "off")
 
@@ -102,7 +105,7 @@ def add_commands(commands: Any) -> None:
     check.set_defaults(handler=run_check)
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     from matrix_stack.stack import current_settings
 
     return current_settings()

@@ -11,11 +11,11 @@ import sqlite3
 import tarfile
 from contextlib import closing
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from matrix_stack import backup, backup_archive, doctor, restore, restore_stage
+from matrix_stack import backup, backup_archive, restore, restore_stage
+from matrix_stack import cli_doctor as doctor
 from matrix_stack.backup_archive import ArchiveWriter, Manifest
 from matrix_stack.db_counts import Counts, count_sqlite
 from matrix_stack.errors import MatrixStackError, SettingsError
@@ -255,8 +255,8 @@ def test_backup_settings_are_checked() -> None:
 
 
 def test_doctor_fails_a_late_daily_backup_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    daily = SimpleNamespace(backup_schedule="daily")
-    off = SimpleNamespace(backup_schedule="off")
+    daily = from_mapping({"server_name": "m.example.org", "backup_schedule": "daily"})
+    off = from_mapping({"server_name": "m.example.org", "backup_schedule": "off"})
     monkeypatch.setattr(backup, "last_backup", lambda: None)
     assert not doctor.check_backup(daily)[0].ok
     assert doctor.check_backup(off)[0].warning

@@ -11,14 +11,14 @@ import pytest
 import yaml
 
 from matrix_stack.cli import build_parser
-from matrix_stack.errors import UsageError
-from matrix_stack.host import default_route_address
-from matrix_stack.proxy_config import (
+from matrix_stack.cli_proxy_config import (
     check_backend,
     default_backend,
     render_proxy_config,
     run_proxy_config,
 )
+from matrix_stack.errors import UsageError
+from matrix_stack.host import default_route_address
 from tests.unit.helpers import make_settings
 
 BEHIND = {"behind_proxy": True, "proxy_addresses": ["192.0.2.10"]}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from matrix_stack import cli
-from matrix_stack.doctor import check_mail
+from matrix_stack.cli_doctor import check_mail
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.mail import MailError, SmtpServer, probe, send_test, server_from_email_config
 from matrix_stack.settings import from_mapping

@@ -9,11 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matrix_stack.checks import Check, Steps, exit_status, failures
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.paths import SYNAPSE_DATA_DIR as MEDIA_PATH
+
+if TYPE_CHECKING:
+    from matrix_stack.settings import Settings
 
 CERTIFICATE_WARNING_DAYS = 14
 FREE_SPACE_WARNING = 2 * 1024**3  # bytes
@@ -47,7 +50,7 @@ def _run(argv: list[str]) -> Any:
     return run(argv, check=False, timeout=60)
 
 
-def check_services(settings: Any) -> list[Check]:
+def check_services(settings: Settings) -> list[Check]:
     units = ["matrix-synapse", "apache2"] + (["coturn"] if settings.turn_enable else [])
     checks = []
     for unit in units:
@@ -57,7 +60,7 @@ def check_services(settings: Any) -> list[Check]:
     return checks
 
 
-def check_ports(settings: Any) -> list[Check]:
+def check_ports(settings: Settings) -> list[Check]:
     tcp = _run(["ss", "-Hltn"]).stdout
     udp = _run(["ss", "-Hlun"]).stdout
     wanted = [("tcp", "127.0.0.1:8008", "matrix-synapse")]
@@ -81,7 +84,7 @@ def check_ports(settings: Any) -> list[Check]:
     return checks
 
 
-def check_workers(settings: Any) -> list[Check]:
+def check_workers(settings: Settings) -> list[Check]:
     """Every worker: its unit active, answering /health, connected for replication."""
     if settings.workers == "off":
         return []
@@ -95,7 +98,7 @@ def check_workers(settings: Any) -> list[Check]:
     return checks
 
 
-def check_certificate(settings: Any) -> list[Check]:
+def check_certificate(settings: Settings) -> list[Check]:
     from matrix_stack.tls import certificate_paths
 
     paths = certificate_paths(settings)
@@ -118,7 +121,7 @@ def check_certificate(settings: Any) -> list[Check]:
                   "renew it soon", warning=days < CERTIFICATE_WARNING_DAYS)]
 
 
-def check_files(settings: Any) -> list[Check]:
+def check_files(settings: Settings) -> list[Check]:
     from matrix_stack.apply import apply
     from matrix_stack.files import Outcome
 
@@ -163,7 +166,7 @@ def summarize(name: str, run: Callable[[], list[Check]]) -> list[Check]:
     return [Check(name, not failed, detail, f"run: matrix-stack-admin {name} for every step")]
 
 
-def check_turn(settings: Any) -> list[Check]:
+def check_turn(settings: Settings) -> list[Check]:
     if not settings.turn_enable:
         return []
     from matrix_stack.turn_check import coturn_running, run_checks
@@ -177,7 +180,7 @@ def check_turn(settings: Any) -> list[Check]:
     return summarize("turn test", turn)
 
 
-def check_element(settings: Any) -> list[Check]:
+def check_element(settings: Settings) -> list[Check]:
     from matrix_stack import element
 
     served = element.installed().current
@@ -199,7 +202,7 @@ def check_disk() -> list[Check]:
                   "free some space", warning=low)]
 
 
-def check_database(settings: Any) -> list[Check]:
+def check_database(settings: Settings) -> list[Check]:
     """The engine Synapse uses and its size, read from Synapse's own configuration."""
     from matrix_stack import backup, postgres
 
@@ -220,7 +223,7 @@ def check_database(settings: Any) -> list[Check]:
     return [Check("database", True, detail, hint, warning=layout.engine == "sqlite")]
 
 
-def check_backup(settings: Any, now: float | None = None) -> list[Check]:
+def check_backup(settings: Settings, now: float | None = None) -> list[Check]:
     """The age of the last backup; a failure only when the daily timer is on and it is late."""
     from matrix_stack import backup
 
@@ -240,7 +243,7 @@ def check_backup(settings: Any, now: float | None = None) -> list[Check]:
                   warning=late)]
 
 
-def check_mail(settings: Any, probe: Callable[[], str] | None = None) -> list[Check]:
+def check_mail(settings: Settings, probe: Callable[[], str] | None = None) -> list[Check]:
     """The mail server Synapse sends through, reached as Synapse would (nothing is sent)."""
     checks = []
     if settings.registration == "open" and not settings.mail_on:
@@ -290,7 +293,7 @@ def run_doctor(arguments: argparse.Namespace) -> int:
     return exit_status(checks)
 
 
-def federation_checks(settings: Any) -> list[Check]:
+def federation_checks(settings: Settings) -> list[Check]:
     """The federation self-check of this server, as another server would run it."""
     if settings.federation == "off":
         return [Check("federation", True, "off (matrix-stack/federation)")]

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from matrix_stack.cli_users import (
+from matrix_stack.errors import MatrixStackError
+from matrix_stack.user_args import (
     NAME_HELP,
     PASSWORD_FILE_HELP,
     refuse_service_account,
     target_user,
 )
-from matrix_stack.errors import MatrixStackError
 from matrix_stack.user_names import existing_user_argument
 
 

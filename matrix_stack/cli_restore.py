@@ -29,8 +29,8 @@ def run_restore(arguments: argparse.Namespace) -> int:
     from matrix_stack import backup, restore
     from matrix_stack.apply import ensure_root
     from matrix_stack.cli_backup import progress
-    from matrix_stack.cli_users import confirm
     from matrix_stack.errors import MatrixStackError
+    from matrix_stack.user_args import confirm
 
     ensure_root()
     archive = arguments.archive.absolute()

@@ -81,8 +81,8 @@ def parse_expiry(text: str, now: datetime.datetime) -> datetime.datetime:
 
 def _session() -> Any:
     from matrix_stack.apply import ensure_root
-    from matrix_stack.cli_users import local_server_name
     from matrix_stack.synapse_api import admin_session
+    from matrix_stack.user_args import local_server_name
 
     ensure_root()
     return admin_session(local_server_name())

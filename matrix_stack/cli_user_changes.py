@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from matrix_stack import user_names
-from matrix_stack.cli_users import (
+from matrix_stack.errors import MatrixStackError, UsageError
+from matrix_stack.user_args import (
     EMAIL_HELP,
     NAME_HELP,
     PASSWORD_FILE_HELP,
@@ -16,7 +17,6 @@ from matrix_stack.cli_users import (
     refuse_service_account,
     target_user,
 )
-from matrix_stack.errors import MatrixStackError, UsageError
 from matrix_stack.user_names import existing_user_argument
 
 

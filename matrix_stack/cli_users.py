@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
-from collections.abc import Callable
 from typing import Any
 
 from matrix_stack import user_names
 from matrix_stack.errors import MatrixStackError
+from matrix_stack.user_args import (
+    EMAIL_HELP,
+    NAME_HELP,
+    PASSWORD_FILE_HELP,
+    confirm,
+    email_argument,
+    format_time,
+    local_server_name,
+    refuse_service_account,
+    target_user,
+)
 from matrix_stack.user_names import existing_user_argument
-
-PASSWORD_FILE_HELP = (
-    "read the password from file F ('-': standard input) instead of prompting; passwords are "
-    "never given on the command line"
-)
-NAME_HELP = "a user name, or @name:SERVER of this server"
-EMAIL_HELP = (
-    "bind this e-mail address to the account, as verified (password reset and notifications "
-    "go to it; it replaces any other e-mail address of the account)"
-)
-
-
-def email_argument(value: str) -> str:
-    """Return an e-mail address given on the command line, or make argparse refuse it."""
-    from matrix_stack.errors import SettingsError
-    from matrix_stack.settings import check_email
-
-    try:
-        return check_email("--email", value)
-    except SettingsError as error:
-        raise argparse.ArgumentTypeError(f"{value!r} {error.reason}") from None
 
 
 def add_commands(commands: Any) -> None:
@@ -99,33 +86,6 @@ def add_commands(commands: Any) -> None:
 
 
 
-def local_server_name() -> str:
-    from matrix_stack.servername import synapse_server_name
-
-    name = synapse_server_name()
-    if name is None:
-        raise MatrixStackError(
-            "Synapse has no server name yet (/etc/matrix-synapse/conf.d/server_name.yaml); "
-            "run: dpkg-reconfigure matrix-stack"
-        )
-    return name
-
-
-def target_user(name: str) -> Any:
-    from matrix_stack.synapse_api import parse_user
-
-    return parse_user(name, local_server_name())
-
-
-def refuse_service_account(user: Any) -> None:
-    from matrix_stack.synapse_api import SERVICE_LOCALPART
-
-    if user.localpart == SERVICE_LOCALPART:
-        raise MatrixStackError(
-            f"{user} is matrix-stack-admin's own service account; it cannot be changed here"
-        )
-
-
 def run_add(arguments: argparse.Namespace) -> int:
     from matrix_stack.apply import ensure_root
     from matrix_stack.passwords import read_new_password
@@ -171,13 +131,6 @@ def bind_email(user: Any, address: str) -> None:
     synapse = admin_session(user.server_name)
     modify_user(synapse, user, {"threepids": email_threepids(synapse.user(user), address)})
     print(f"bound {address} to {user}")
-
-
-def format_time(milliseconds: Any) -> str | None:
-    if not milliseconds:
-        return None
-    moment = datetime.datetime.fromtimestamp(int(milliseconds) / 1000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def user_rows(users: list[dict[str, Any]], service: str) -> list[dict[str, Any]]:
@@ -235,13 +188,6 @@ def run_list(arguments: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
     return 0
-
-
-def confirm(question: str, *, read: Callable[[str], str] = input) -> bool:
-    """Ask a yes/no question on the terminal; refuse when there is none."""
-    if not sys.stdin.isatty():
-        raise MatrixStackError("no terminal to confirm on: add --yes")
-    return read(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def run_deactivate(arguments: argparse.Namespace) -> int:

@@ -541,12 +541,14 @@ def finish(adoption: Plan, root: Path = Path("/")) -> None:
 def tighten(path: Path, root: Path) -> None:
     """Make homeserver.yaml owner matrix-synapse, mode 0600, on its descriptor.
 
-    /etc/matrix-synapse is writable by Synapse's user: never follow a link planted there.
+    /etc/matrix-synapse is writable by Synapse's user: never follow a link planted there, nor
+    change a file with another name elsewhere.
     """
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            return
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+            return  # not the admin's file: a hard link may name a file of root's
         if root == Path("/"):
             import pwd
 

@@ -281,7 +281,7 @@ class Attempt:
         report.actions += system.stop_workers(self.worker_units)
         self.undo.save(*stale)
         for path in stale:
-            files.host_path(path, root).unlink(missing_ok=True)
+            files.remove_file(files.host_path(path, root))
             report.actions.append(f"removed {path}")
         report.actions += system.start_workers(
             [unit for unit in self.worker_units if unit not in failed])

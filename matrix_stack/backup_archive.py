@@ -12,14 +12,16 @@ so nothing here uses extractall).
 from __future__ import annotations
 
 import errno
+import grp
 import hashlib
 import io
 import json
 import os
+import pwd
 import stat
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -100,14 +102,16 @@ class ArchiveWriter:
         if not self._add_regular(path, name):
             raise MatrixStackError(f"{path} is not a regular file: not backed up")
 
-    def _add_regular(self, path: Path, name: str) -> bool:
-        """Add path if it is a regular file; return whether it was.
+    def _add_regular(self, path: Path, name: str, directory: int | None = None) -> bool:
+        """Add path (a name in directory, a descriptor, when given) if it is a regular file;
+        return whether it was.
 
         The file is opened first, without following a link, and described from that open
         file: a link its owner swaps in after the tree was walked is never followed.
         """
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            descriptor = os.open(path, flags, dir_fd=directory)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 return False
@@ -125,29 +129,31 @@ class ArchiveWriter:
         self.bytes += info.size
         return True
 
-    def add_directory(self, path: Path, name: str) -> None:
-        self.tar.addfile(self.tar.gettarinfo(str(path), arcname=name))
+    def add_directory(self, name: str, status: os.stat_result) -> None:
+        """Add a directory member described by status (taken from its open descriptor)."""
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = stat.S_IMODE(status.st_mode)
+        info.uid, info.gid = status.st_uid, status.st_gid
+        info.mtime = int(status.st_mtime)
+        info.uname, info.gname = _account_names(status.st_uid, status.st_gid)
+        self.tar.addfile(info)
 
     def add_tree(self, top: Path, progress: Callable[[str], None] | None = None) -> int:
-        """Add top and everything under it (regular files and directories); return the files."""
+        """Add top and everything under it (regular files and directories); return the files.
+
+        The tree is Synapse's to change: walked by directory descriptors (os.fwalk, links
+        not followed), each file opened in its own directory's descriptor, so a directory
+        swapped for a link during the walk never leads the backup out of the tree.
+        """
         count = 0
-        if not top.is_dir():
-            return 0
-        self.add_directory(top, files_member(top))
-        for directory, subdirectories, names in _walk(top):
+        real = _real_top(top)
+        for directory, subdirectories, names, descriptor in os.fwalk(real):
             subdirectories.sort()
-            for subdirectory in subdirectories:
-                candidate = directory / subdirectory
-                if not candidate.is_symlink():
-                    self.add_directory(candidate, files_member(candidate))
-            subdirectories[:] = [d for d in subdirectories if not (directory / d).is_symlink()]
+            here = top / Path(directory).relative_to(real)
+            self.add_directory(files_member(here), os.fstat(descriptor))
             for name in sorted(names):
-                candidate = directory / name
-                if (
-                    candidate.is_file()
-                    and not candidate.is_symlink()
-                    and self._add_regular(candidate, files_member(candidate))
-                ):
+                if self._add_regular(Path(name), files_member(here / name), descriptor):
                     count += 1
                     if progress is not None and count % 1000 == 0:
                         progress(f"  {count} files, {self.bytes // 2**20} MiB so far")
@@ -164,10 +170,35 @@ class ArchiveWriter:
         self.tar.addfile(info, io.BytesIO(data))
 
 
-def _walk(top: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
-    """Path.walk for Python 3.11 (it came in 3.12)."""
-    for directory, subdirectories, names in os.walk(top):
-        yield Path(directory), subdirectories, names
+def _real_top(top: Path) -> Path:
+    """Return the directory a tree's top stands for: itself, or where it links to when root
+    made that link (an admin's media store on another disk). A link another account owns
+    could have been planted by it, to have root's files backed up: refused."""
+    try:
+        status = top.lstat()
+    except FileNotFoundError:
+        return top
+    if not stat.S_ISLNK(status.st_mode):
+        return top
+    if status.st_uid not in (0, os.geteuid()):
+        raise MatrixStackError(
+            f"{top} is a link made by uid {status.st_uid}, not root: not backed up; point "
+            "Synapse at the directory itself"
+        )
+    return top.resolve()
+
+
+def _account_names(uid: int, gid: int) -> tuple[str, str]:
+    """Return the names of an owner and group, '' for a number without a name (as tarfile)."""
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = ""
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = ""
+    return user, group
 
 
 class _HashingReader:

@@ -8,14 +8,17 @@ version is saved beside it as FILE.ucf-dist (ucf's own convention), never silent
 from __future__ import annotations
 
 import enum
+import errno
 import fcntl
 import grp
 import hashlib
 import os
 import pwd
+import secrets
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +192,6 @@ def write_atomic(spec: FileSpec, root: Path, *, text: str | None = None) -> None
     neither root nor the services' accounts.
     """
     target = host_path(spec.path, root)
-    target.parent.mkdir(parents=True, exist_ok=True)
     ids = lookup_ids(spec.owner, spec.group) if sets_ownership(root) else None
     replace_file(target, (spec.text if text is None else text).encode("utf-8"), spec.mode, ids)
 
@@ -203,32 +205,138 @@ def replace_file(
 ) -> None:
     """Replace target with data atomically: temp file beside it (made exclusively), chown
     (ids), chmod, fsync, check (given the temp file; raising keeps target as it was), rename,
-    fsync of the directory."""
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.new-")
-    try:
-        if ids is not None and ids != (os.geteuid(), os.getegid()):
-            os.fchown(descriptor, *ids)
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if check is not None:
-            check(Path(temporary))
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    fsync_directory(target.parent)
-
-
-def fsync_directory(path: Path) -> None:
-    """Make the renames in a directory durable."""
-    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    fsync of the directory. Missing directories are made (0755); the directory is reached by
+    open_directory, so a link planted on the way cannot send the file elsewhere."""
+    with opened_directory(target.parent, create=True) as directory:
+        temporary = f".{target.name}.new-{secrets.token_hex(6)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        descriptor = os.open(temporary, flags, 0o600, dir_fd=directory)
+        try:
+            if ids is not None and ids != (os.geteuid(), os.getegid()):
+                os.fchown(descriptor, *ids)
+            os.fchmod(descriptor, mode)
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            if check is not None:
+                check(target.parent / temporary)
+            os.replace(temporary, target.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=directory)
+            raise
         os.fsync(directory)
+
+
+def remove_file(target: Path) -> bool:
+    """Remove target (never what a link on the way points to); return whether it existed."""
+    try:
+        with opened_directory(target.parent) as directory:
+            os.unlink(target.name, dir_fd=directory)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def replace_link(target: Path, destination: str) -> None:
+    """Make target a symbolic link to destination, atomically (a link beside it, renamed)."""
+    with opened_directory(target.parent, create=True) as directory:
+        aside = f".{target.name}.link-{secrets.token_hex(6)}"
+        os.symlink(destination, aside, dir_fd=directory)
+        try:
+            os.replace(aside, target.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            os.unlink(aside, dir_fd=directory)
+            raise
+
+
+# A path resolves through at most this many links, as the kernel's own limit.
+MAX_LINKS = 40
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _follows_link(parent: os.stat_result, link: os.stat_result) -> bool:
+    """Return whether a link may be followed: only another account could have planted it if
+    its directory lets that account in (group/other writable, without a sticky bit that
+    limits renames to the link's own owner)."""
+    trusted = (0, os.geteuid())
+    if parent.st_uid not in trusted:
+        return False
+    if parent.st_mode & 0o022 == 0:
+        return True
+    return bool(parent.st_mode & stat.S_ISVTX) and link.st_uid in trusted
+
+
+def open_directory(path: Path, *, create: bool = False) -> int:
+    """Open an absolute directory one component at a time from /, never through a link
+    placed by an account other than root: such a link (in a directory that account can write,
+    as /etc/matrix-synapse is Synapse's) makes this a one-line error. Links in root's own
+    directories (a merged /usr, an admin's choice) are followed. With create, missing
+    directories are made (0755, owned by the caller).
+
+    Everything written through the returned descriptor lands in that very directory, even if
+    its path is changed meanwhile.
+    """
+    from matrix_stack.errors import MatrixStackError
+
+    if not path.is_absolute():
+        raise ValueError(f"not an absolute path: {path}")
+    pending = list(reversed(path.parts[1:]))
+    current = os.open("/", DIRECTORY_FLAGS)
+    where = Path("/")  # for messages: the directory current stands for
+    links = 0
+    try:
+        while pending:
+            name = pending.pop()
+            if name in ("", "."):
+                continue
+            try:
+                following = os.open(name, DIRECTORY_FLAGS, dir_fd=current)
+            except FileNotFoundError:
+                if not create or name == "..":
+                    raise
+                with suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=current)
+                pending.append(name)
+                continue
+            except OSError as error:
+                if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                status = os.stat(name, dir_fd=current, follow_symlinks=False)
+                if not stat.S_ISLNK(status.st_mode):
+                    raise
+                if not _follows_link(os.fstat(current), status):
+                    raise MatrixStackError(
+                        f"not writing under {path}: {where / name} is a link in a directory "
+                        "another account can write; make it a directory owned by root"
+                    ) from None
+                links += 1
+                if links > MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+                destination = Path(os.readlink(name, dir_fd=current))
+                pending.extend(reversed(destination.parts[1:] if destination.is_absolute()
+                                        else destination.parts))
+                if destination.is_absolute():
+                    os.close(current)
+                    current, where = os.open("/", DIRECTORY_FLAGS), Path("/")
+                continue
+            os.close(current)
+            current, where = following, where.parent if name == ".." else where / name
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
+@contextmanager
+def opened_directory(path: Path, *, create: bool = False) -> Iterator[int]:
+    """open_directory for the block; the descriptor is closed after it."""
+    descriptor = open_directory(path, create=create)
+    try:
+        yield descriptor
     finally:
-        os.close(directory)
+        os.close(descriptor)
 
 
 def apply_plan(plan: Plan, root: Path) -> None:

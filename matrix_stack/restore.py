@@ -10,18 +10,17 @@ previous data. What the restore replaced is kept, and named at the end.
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from matrix_stack import backup, postgres, services, stack
+from matrix_stack import backup, postgres, services, stack, undo
 from matrix_stack.backup_archive import Manifest, files_member, verify
 from matrix_stack.bootstrap import wait_until_answering
 from matrix_stack.db_counts import COUNTED_TABLES, Counts, count_postgresql, count_sqlite
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.files import lookup_ids
+from matrix_stack.files import lookup_ids, replace_file
 from matrix_stack.paths import POSTGRESQL_DATA_DIR, STACK_PATH, SYNAPSE_DIR, TOKEN_PATH
 from matrix_stack.paths import STATE_DIR as KEEP_ROOT
 from matrix_stack.paths import SYNAPSE_DATA_DIR as DATA_ROOT
@@ -31,13 +30,6 @@ from matrix_stack.settings import DatabaseMode, Settings
 from matrix_stack.synapse_api import Synapse
 
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
-
-
-def copy_owned(source: Path, target: Path) -> None:
-    """Copy a file with its mode, times, owner and group."""
-    shutil.copy2(source, target)
-    status = source.stat()
-    os.chown(target, status.st_uid, status.st_gid)
 
 
 class Swap:
@@ -72,20 +64,16 @@ class Swap:
         self.undo.append(lambda: postgres.rename_database(live, staged_name))
 
     def config(self, path: Path, new: ConfigFile) -> None:
-        previous = self.keep / "files" / str(path).lstrip("/")
-        if path.exists():
-            previous.parent.mkdir(parents=True, exist_ok=True)
-            copy_owned(path, previous)
-            self.undo.append(lambda: copy_owned(previous, path))
-        else:
-            self.undo.append(lambda: path.unlink(missing_ok=True))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.restore-{self.stamp}")
-        with temporary.open("wb") as target:
-            os.fchown(target.fileno(), *lookup_ids(new.owner, new.group))
-            os.fchmod(target.fileno(), new.mode)
-            target.write(new.data)
-        temporary.rename(path)
+        """Write a configuration file of the archive; the one it replaces is kept in keep.
+
+        These live in directories Synapse's account can write: read, written and put back
+        only through descriptors that never follow a link planted there."""
+        saved = undo.save(path, Path("/"))
+        if saved.data is not None and saved.link is None:
+            previous = self.keep / "files" / str(path).lstrip("/")
+            replace_file(previous, saved.data, saved.mode, (saved.uid, saved.gid))
+        self.undo.append(lambda: undo.put_back(saved, Path("/")))
+        replace_file(path, new.data, new.mode, lookup_ids(new.owner, new.group))
 
     def roll_back(self) -> list[str]:
         problems = []

@@ -6,12 +6,23 @@ owner are kept in memory and written back only where the file on disk differs.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix_stack.files import host_path, replace_file
+from matrix_stack.errors import MatrixStackError
+from matrix_stack.files import (
+    host_path,
+    opened_directory,
+    remove_file,
+    replace_file,
+    replace_link,
+)
+
+# Never block on a FIFO planted where a file is expected; never follow a link.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -27,16 +38,30 @@ class Saved:
 
 
 def save(path: Path, root: Path) -> Saved:
-    """Return the file at the absolute target path as it is now."""
+    """Return the file at the absolute target path as it is now.
+
+    Read through its directory's descriptor and with O_NOFOLLOW, so what is saved is that
+    file (or that link), never what a link planted in a service's directory points to."""
     target = host_path(path, root)
     try:
-        status = target.lstat()
+        with opened_directory(target.parent) as directory:
+            try:
+                descriptor = os.open(target.name, READ_FLAGS, dir_fd=directory)
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    raise
+                status = os.stat(target.name, dir_fd=directory, follow_symlinks=False)
+                link = os.readlink(target.name, dir_fd=directory)
+                return Saved(path, b"", link, stat.S_IMODE(status.st_mode), status.st_uid,
+                             status.st_gid)
     except FileNotFoundError:
         return Saved(path, None)
-    mode, uid, gid = stat.S_IMODE(status.st_mode), status.st_uid, status.st_gid
-    if stat.S_ISLNK(status.st_mode):
-        return Saved(path, b"", os.readlink(target), mode, uid, gid)
-    return Saved(path, target.read_bytes(), None, mode, uid, gid)
+    with os.fdopen(descriptor, "rb") as stream:
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise MatrixStackError(f"{target} is not a regular file")
+        data = stream.read()
+    return Saved(path, data, None, stat.S_IMODE(status.st_mode), status.st_uid, status.st_gid)
 
 
 def put_back(saved: Saved, root: Path) -> bool:
@@ -45,12 +70,9 @@ def put_back(saved: Saved, root: Path) -> bool:
         return False
     target = host_path(saved.path, root)
     if saved.data is None:
-        target.unlink()
+        remove_file(target)
     elif saved.link is not None:
-        aside = target.with_name(f".{target.name}.undo")
-        aside.unlink(missing_ok=True)
-        os.symlink(saved.link, aside)
-        os.replace(aside, target)
+        replace_link(target, saved.link)
     else:
         replace_file(target, saved.data, saved.mode, (saved.uid, saved.gid))
     return True

@@ -332,3 +332,14 @@ def test_tighten_never_follows_a_link(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o644
     os.chmod(target, 0o644)
 
+
+
+def test_tighten_leaves_a_hard_link_alone(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "shadow"
+    elsewhere.write_text("x")
+    elsewhere.chmod(0o644)
+    os.link(elsewhere, tmp_path / "homeserver.yaml")
+
+    adopt.tighten(tmp_path / "homeserver.yaml", tmp_path)
+
+    assert elsewhere.stat().st_mode & 0o777 == 0o644

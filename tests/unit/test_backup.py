@@ -317,6 +317,49 @@ def test_a_file_swapped_for_a_link_while_added_is_not_followed(
     assert b"SECRET" not in path.read_bytes()
 
 
+def test_a_directory_swapped_for_a_link_during_the_walk_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = tmp_path / "root-only"
+    secrets.mkdir()
+    (secrets / "key").write_bytes(b"SECRET")
+    media = tmp_path / "media"
+    (media / "thumbnails").mkdir(parents=True)
+    (media / "thumbnails" / "key").write_bytes(b"thumb!")
+    (media / "first").write_bytes(b"first")
+    path = tmp_path / "backup.tar"
+    real_add = ArchiveWriter._add_regular
+
+    def swap_then_add(self: ArchiveWriter, name: Path, member: str, *rest: int | None) -> bool:
+        if member.endswith("/first"):  # the top's files come before its subdirectories
+            (media / "thumbnails").rename(tmp_path / "moved")
+            (media / "thumbnails").symlink_to(secrets)
+        return real_add(self, name, member, *rest)
+
+    monkeypatch.setattr(ArchiveWriter, "_add_regular", swap_then_add)
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
+        files = ArchiveWriter(tar).add_tree(media)
+
+    assert files == 1
+    assert b"SECRET" not in path.read_bytes()
+
+
+def test_a_media_store_linked_by_root_is_backed_up_under_its_own_name(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    (disk / "local_content").mkdir(parents=True)
+    (disk / "local_content" / "a").write_bytes(b"a")
+    (tmp_path / "media").symlink_to(disk)
+    path = tmp_path / "backup.tar"
+
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
+        assert ArchiveWriter(tar).add_tree(tmp_path / "media") == 1
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+
+    top = backup_archive.files_member(tmp_path / "media")
+    assert names == [top, f"{top}/local_content", f"{top}/local_content/a"]
+
+
 def test_adding_a_link_or_other_non_file_as_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "key").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "elsewhere").write_bytes(b"secret")

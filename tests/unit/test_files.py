@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from matrix_stack import files
+from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import (
     DIST_SUFFIX,
     FileSpec,
@@ -71,30 +71,32 @@ def test_write_atomic_creates_file_with_mode_and_no_temporary(tmp_path: Path) ->
 def test_write_atomic_sets_mode_on_a_temporary_in_the_same_directory_before_content(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    created: list[tuple[str, int]] = []
+    created: list[tuple[str, str]] = []
     states_before_content: list[tuple[int, int]] = []
-    real_mkstemp = tempfile.mkstemp
+    real_open = os.open
     real_fdopen = os.fdopen
 
-    def recording_mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
-        descriptor, name = real_mkstemp(*args, **kwargs)  # type: ignore[call-overload]
-        created.append((name, descriptor))
-        return descriptor, name
+    def recording_open(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        descriptor = real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+        if flags & os.O_CREAT:
+            assert flags & os.O_EXCL and flags & os.O_NOFOLLOW
+            created.append((path, os.readlink(f"/proc/self/fd/{kwargs['dir_fd']}")))
+        return descriptor
 
     def recording_fdopen(descriptor: int, *args: object, **kwargs: object) -> object:
         status = os.fstat(descriptor)
         states_before_content.append((status.st_mode & 0o777, status.st_size))
         return real_fdopen(descriptor, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
+    monkeypatch.setattr(os, "open", recording_open)
     monkeypatch.setattr(os, "fdopen", recording_fdopen)
 
     write_atomic(spec(NEW, 0o640), tmp_path)
 
-    [(temporary, _)] = created
-    assert Path(temporary).parent == live(tmp_path).parent
-    assert Path(temporary).name.startswith(".example.conf.")
-    assert not Path(temporary).exists()
+    [(temporary, directory)] = created
+    assert Path(directory) == live(tmp_path).parent
+    assert temporary.startswith(".example.conf.")
+    assert not (Path(directory) / temporary).exists()
     assert states_before_content == [(0o640, 0)]
 
 
@@ -366,3 +368,120 @@ def test_create_exclusive_refuses_a_planted_link_and_leaves_its_target_alone(
     finally:
         os.close(directory)
     assert_untouched(victim, victim_directory)
+
+
+# Writing where a service account can plant links: /etc/matrix-synapse is Synapse's own.
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
+
+
+def synapse_like(tmp_path: Path) -> tuple[Path, Path]:
+    """Return (a directory owned by another account, a root-only directory a link aims at)."""
+    service = tmp_path / "etc/matrix-synapse"
+    service.mkdir(parents=True)
+    os.chown(service, NOBODY, NOBODY)
+    elsewhere = tmp_path / "root-only"
+    elsewhere.mkdir()
+    return service, elsewhere
+
+
+def refused(call: Callable[[], object]) -> str:
+    with pytest.raises(MatrixStackError) as raised:
+        call()
+    return str(raised.value)
+
+
+@needs_root
+def test_write_refuses_a_link_planted_in_a_service_directory(tmp_path: Path) -> None:
+    service, elsewhere = synapse_like(tmp_path)
+    (service / "conf.d").symlink_to(elsewhere)
+    target = FileSpec(Path("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml"), NEW)
+
+    message = refused(lambda: write_atomic(target, tmp_path))
+
+    assert f"{service / 'conf.d'} is a link in a directory another account can write" in message
+    assert list(elsewhere.iterdir()) == []
+
+
+@needs_root
+def test_remove_refuses_a_link_planted_in_a_service_directory(tmp_path: Path) -> None:
+    service, elsewhere = synapse_like(tmp_path)
+    (elsewhere / "w1.yaml").write_text(OLD)
+    (service / "workers").symlink_to(elsewhere)
+
+    refused(lambda: files.remove_file(service / "workers/w1.yaml"))
+
+    assert (elsewhere / "w1.yaml").read_text() == OLD
+
+
+@needs_root
+def test_write_goes_into_a_real_directory_of_a_service_and_makes_missing_ones(
+    tmp_path: Path,
+) -> None:
+    service, _ = synapse_like(tmp_path)
+    target = FileSpec(Path("/etc/matrix-synapse/workers/w1.yaml"), NEW, 0o600)
+
+    write_atomic(target, tmp_path)
+
+    assert (service / "workers/w1.yaml").read_text() == NEW
+    made = (service / "workers").stat()
+    assert (made.st_uid, stat.S_IMODE(made.st_mode)) == (0, 0o755)
+    assert files.remove_file(service / "workers/w1.yaml")
+    assert not files.remove_file(service / "workers/w1.yaml")
+
+
+def test_a_link_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (tmp_path / "real").mkdir()
+    (shared / "conf.d").symlink_to(tmp_path / "real")
+
+    refused(lambda: files.replace_file(shared / "conf.d/x", b"x", 0o644, None))
+
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+@needs_root
+def test_in_a_sticky_directory_only_links_of_root_are_followed(tmp_path: Path) -> None:
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (tmp_path / "real").mkdir()
+    (sticky / "ours").symlink_to(tmp_path / "real")
+    (sticky / "theirs").symlink_to(tmp_path / "real")
+    os.lchown(sticky / "theirs", NOBODY, NOBODY)
+
+    files.replace_file(sticky / "ours/x", b"x", 0o644, None)
+    refused(lambda: files.replace_file(sticky / "theirs/y", b"y", 0o644, None))
+
+    assert sorted(path.name for path in (tmp_path / "real").iterdir()) == ["x"]
+
+
+def test_links_in_directories_of_root_alone_are_followed_relative_and_absolute(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "lib").symlink_to("usr/lib")  # a merged /usr
+    (tmp_path / "usr/lib/up").symlink_to("../../other")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "absolute").symlink_to(tmp_path / "usr")
+
+    files.replace_file(tmp_path / "lib/a", b"a", 0o644, None)
+    files.replace_file(tmp_path / "lib/up/b", b"b", 0o644, None)
+    files.replace_file(tmp_path / "absolute/lib/c", b"c", 0o644, None)
+
+    assert sorted(path.name for path in (tmp_path / "usr/lib").iterdir()) == ["a", "c", "up"]
+    assert (tmp_path / "other/b").read_bytes() == b"b"
+
+
+def test_a_loop_of_links_and_a_file_on_the_way_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "one").symlink_to("two")
+    (tmp_path / "two").symlink_to("one")
+    (tmp_path / "plain").write_text("")
+
+    with pytest.raises(OSError, match="symbolic links"):
+        files.open_directory(tmp_path / "one", create=True)
+    with pytest.raises(NotADirectoryError):
+        files.open_directory(tmp_path / "plain/below", create=True)

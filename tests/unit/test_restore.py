@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ from matrix_stack import stack as stack_file
 from matrix_stack.backup_archive import POSTGRESQL_MEMBER, SQLITE_MEMBER, Manifest
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.paths import POSTGRESQL_DATA_DIR
+from matrix_stack.restore_stage import ConfigFile
 from tests.unit.test_backup import manifest
 
 MIB = 2**20
@@ -90,3 +93,44 @@ def test_restore_with_room_goes_on_to_staging(
         restore.restore(Path("backup.tar"), lambda _line: None)
 
     assert staged == ["staged"]
+
+
+def test_a_config_written_over_a_planted_link_replaces_the_link_and_undo_puts_it_back(
+    tmp_path: Path,
+) -> None:
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(b"root's\n")
+    service = tmp_path / "etc-matrix-synapse"
+    service.mkdir()
+    live = service / "homeserver.yaml"
+    live.symlink_to(shadow)
+    swap = restore.Swap(tmp_path / "keep", "STAMP")
+
+    swap.config(live, ConfigFile(b"restored\n", 0o600, owner, group))
+
+    assert live.read_bytes() == b"restored\n" and not live.is_symlink()
+    assert shadow.read_bytes() == b"root's\n"
+    assert not (tmp_path / "keep").exists()  # a link is not kept as a copy of its target
+    assert swap.roll_back() == []
+    assert live.is_symlink() and os.readlink(live) == str(shadow)
+    assert shadow.read_bytes() == b"root's\n"
+
+
+def test_a_config_replaced_is_kept_and_put_back_on_roll_back(tmp_path: Path) -> None:
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    live = tmp_path / "etc/matrix-synapse/homeserver.yaml"
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"before\n")
+    live.chmod(0o640)
+    swap = restore.Swap(tmp_path / "keep", "STAMP")
+
+    swap.config(live, ConfigFile(b"restored\n", 0o600, owner, group))
+
+    kept = tmp_path / "keep/files" / str(live).lstrip("/")
+    assert kept.read_bytes() == b"before\n" and kept.stat().st_mode & 0o777 == 0o640
+    assert live.read_bytes() == b"restored\n" and live.stat().st_mode & 0o777 == 0o600
+    assert swap.roll_back() == []
+    assert live.read_bytes() == b"before\n" and live.stat().st_mode & 0o777 == 0o640

@@ -51,39 +51,22 @@ class Answer:
     to_debconf: Callable[[Any], str] = _from_text
 
 
-# The one table: question <-> stack.yaml key <-> how the value crosses between them.
-# Keys are the question names with '-' turned into '_' (debian/matrix-stack.config relies on it).
-ANSWERS: tuple[Answer, ...] = (
-    Answer("matrix-stack/server-name", "server_name"),
-    Answer("matrix-stack/element-domain", "element_domain"),
-    Answer("matrix-stack/element-version", "element_version"),
-    Answer("matrix-stack/element-source", "element_source"),
-    Answer("matrix-stack/tls", "tls"),
-    Answer("matrix-stack/tls-cert", "tls_cert"),
-    Answer("matrix-stack/tls-key", "tls_key"),
-    Answer("matrix-stack/acme-email", "acme_email"),
-    Answer("matrix-stack/turn-enable", "turn_enable", _boolean, _from_boolean),
-    Answer("matrix-stack/turn-domain", "turn_domain"),
-    Answer("matrix-stack/turn-external-ip", "turn_external_ip"),
-    Answer("matrix-stack/turn-listening-ip", "turn_listening_ip"),
-    Answer("matrix-stack/federation", "federation"),
-    Answer("matrix-stack/federation-domains", "federation_domains", _word_list, _from_list),
-    Answer("matrix-stack/registration", "registration"),
-    Answer("matrix-stack/behind-proxy", "behind_proxy", _boolean, _from_boolean),
-    Answer("matrix-stack/database", "database"),
-    Answer("matrix-stack/database-host", "database_host"),
-    Answer("matrix-stack/database-port", "database_port", _number),
-    Answer("matrix-stack/database-name", "database_name"),
-    Answer("matrix-stack/database-user", "database_user"),
-    Answer("matrix-stack/mail", "mail"),
-    Answer("matrix-stack/mail-from", "mail_from"),
-    Answer("matrix-stack/mail-relay-host", "mail_relay_host"),
-    Answer("matrix-stack/mail-relay-port", "mail_relay_port", _number),
-    Answer("matrix-stack/mail-relay-security", "mail_relay_security"),
-    Answer("matrix-stack/mail-relay-user", "mail_relay_user"),
-    Answer("matrix-stack/mail-password-reset", "mail_password_reset", _boolean, _from_boolean),
-    Answer("matrix-stack/admin-email", "admin_email"),
-    Answer("matrix-stack/workers", "workers"),
+# How each kind of setting crosses between a debconf answer and stack.yaml.
+CONVERSIONS: dict[settings_module.Kind, tuple[Callable[[str], Any], Callable[[Any], str]]] = {
+    settings_module.Kind.TEXT: (_text, _from_text),
+    settings_module.Kind.BOOLEAN: (_boolean, _from_boolean),
+    settings_module.Kind.LIST: (_word_list, _from_list),
+    settings_module.Kind.NUMBER: (_number, _from_text),
+}
+PREFIX = "matrix-stack/"
+
+# The one table, derived from the Settings declarations: question <-> stack.yaml key <-> how
+# the value crosses between them. Keys are the question names with '-' turned into '_'
+# (debian/matrix-stack.config relies on it; its list is filled in from here at build time).
+ANSWERS: tuple[Answer, ...] = tuple(
+    Answer(PREFIX + key.replace("_", "-"), key, *CONVERSIONS[spec.kind])
+    for key, spec in settings_module.specs().items()
+    if spec.asked
 )
 
 # Asked, but kept nowhere on disk: they trigger a one-time action (the bootstrap admin).
@@ -92,22 +75,9 @@ BOOTSTRAP_QUESTIONS = ("matrix-stack/admin-user", "matrix-stack/admin-password")
 DATABASE_PASSWORD_QUESTION = "matrix-stack/database-password"
 MAIL_PASSWORD_QUESTION = "matrix-stack/mail-relay-password"
 
-# Kept in stack.yaml only (no question yet): the outside proxy allowed to set X-Forwarded-*,
-# Element's signing key URL and
-# pinned fingerprint, and where "latest" is looked up (empty: derived from element_source).
-FILE_ONLY_KEYS: tuple[str, ...] = (
-    "proxy_addresses",
-    "element_key_url",
-    "element_key_fingerprint",
-    "element_latest_url",
-    # Peers also trusted as key servers (matrix-stack-admin federation allow --key-server).
-    "federation_key_servers",
-    # Synapse's SQLite file, where it already was on a server taken over (matrix-stack-admin adopt).
-    "database_path",
-    # The daily backup (matrix-stack-admin backup --schedule): off or daily, where, how many.
-    "backup_schedule",
-    "backup_dir",
-    "backup_keep",
+# Kept in stack.yaml only (no question): set by matrix-stack-admin or by hand.
+FILE_ONLY_KEYS: tuple[str, ...] = tuple(
+    key for key, spec in settings_module.specs().items() if not spec.asked
 )
 
 QUESTION_OF_KEY = {answer.key: answer.question for answer in ANSWERS}
@@ -131,3 +101,8 @@ def debconf_from_yaml(stack: Mapping[str, Any]) -> dict[str, str]:
         for answer in ANSWERS
         if answer.key in stack
     }
+
+
+if __name__ == "__main__":
+    # debian/rules: the questions the config script reads back from stack.yaml.
+    print(" ".join(answer.question.removeprefix(PREFIX) for answer in ANSWERS))

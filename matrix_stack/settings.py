@@ -7,7 +7,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,90 +82,6 @@ _PG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 DEFAULT_BACKUP_DIR = "/var/backups/matrix-stack"
 DEFAULT_BACKUP_KEEP = 7
 MAX_BACKUP_KEEP = 366
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every choice the stack is rendered from; built only by from_mapping, so always valid."""
-
-    server_name: str
-    element_domain: str
-    element_version: str = "latest"
-    element_source: str = DEFAULT_ELEMENT_SOURCE
-    element_key_url: str = DEFAULT_ELEMENT_KEY_URL
-    element_key_fingerprint: str = ELEMENT_KEY_FINGERPRINT
-    element_latest_url: str = ""
-    tls: TlsMode = TlsMode.SELF_SIGNED
-    tls_cert: str = ""
-    tls_key: str = ""
-    acme_email: str = ""
-    turn_enable: bool = True
-    turn_domain: str = ""
-    turn_external_ip: str = ""
-    turn_listening_ip: str = ""
-    federation: FederationMode = FederationMode.ALLOW_LIST
-    federation_domains: tuple[str, ...] = ()
-    federation_key_servers: tuple[str, ...] = ()
-    registration: RegistrationMode = RegistrationMode.DISABLED
-    behind_proxy: bool = False
-    proxy_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
-    database: DatabaseMode = DatabaseMode.SQLITE
-    database_path: str = DEFAULT_SQLITE_PATH
-    # Empty: PostgreSQL on this host (socket, peer authentication); else a remote server.
-    database_host: str = ""
-    database_port: int = DEFAULT_DATABASE_PORT
-    database_name: str = DEFAULT_DATABASE_NAME
-    database_user: str = DEFAULT_DATABASE_NAME
-    backup_schedule: BackupSchedule = BackupSchedule.OFF
-    backup_dir: str = DEFAULT_BACKUP_DIR
-    backup_keep: int = DEFAULT_BACKUP_KEEP
-    mail: MailMode = MailMode.OFF
-    mail_from: str = ""
-    mail_relay_host: str = ""
-    mail_relay_port: int = DEFAULT_RELAY_PORTS[MailSecurity.STARTTLS]
-    mail_relay_security: MailSecurity = MailSecurity.STARTTLS
-    mail_relay_user: str = ""
-    mail_password_reset: bool = True
-    admin_email: str = ""
-    # Synapse's worker processes: off, auto (sized to the cores) or counts per kind.
-    workers: str = WORKERS_OFF
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def element_on_own_domain(self) -> bool:
-        """Return whether Element has a vhost of its own (Element's advice against XSS)."""
-        return self.element_domain != self.server_name
-
-    @property
-    def trusted_key_servers(self) -> tuple[str, ...]:
-        """Return the servers Synapse asks for other servers' keys (empty: each origin)."""
-        if self.federation is FederationMode.OFF:
-            return ()
-        if self.federation is FederationMode.OPEN:
-            return tuple(dict.fromkeys(("matrix.org", *self.federation_key_servers)))
-        # Synapse refuses to ask a key server that its whitelist does not admit.
-        return tuple(k for k in self.federation_key_servers if k in self.federation_domains)
-
-    @property
-    def mail_on(self) -> bool:
-        """Return whether Synapse sends mail (verification, password reset, notifications)."""
-        return self.mail is not MailMode.OFF
-
-    @property
-    def password_reset_on(self) -> bool:
-        """Return whether users may reset their own password by mail."""
-        return self.mail_on and self.mail_password_reset
-
-    @property
-    def remote_database(self) -> bool:
-        """Return whether Synapse uses a PostgreSQL server on another host."""
-        return self.database is DatabaseMode.POSTGRESQL and bool(self.database_host)
-
-    @property
-    def certificate_names(self) -> tuple[str, ...]:
-        """Return the DNS names one certificate must cover, server name first, no repeats."""
-        names = (self.server_name, self.element_domain, self.turn_domain)
-        return tuple(dict.fromkeys(names))
 
 
 def check_dns_name(question: str, value: object) -> str:
@@ -391,126 +307,209 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def getter(raw: Mapping[str, Any]) -> Callable[..., Any]:
-    """Return get(key, check, default=''): raw[key] checked, default when missing or empty."""
+class Kind(enum.Enum):
+    """How a debconf answer (always text) holds a setting's value."""
 
-    def get(key: str, check: Callable[[str, Any], Any], default: Any = "") -> Any:
-        value = raw.get(key)
-        return check(key, default if value in (None, "") else value)
+    TEXT = "text"
+    BOOLEAN = "boolean"
+    LIST = "list"
+    NUMBER = "number"
 
-    return get
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read from stack.yaml: checked by check(key, value); default (a
+    value, or a function of the settings read before it) when missing or empty; asked by the
+    debconf question matrix-stack/KEY-WITH-DASHES unless asked is False (stack.yaml only);
+    checked only when when(settings so far) holds, else kept as the text given."""
+
+    check: Callable[..., Any]
+    default: Any = ""
+    asked: bool = True
+    kind: Kind = Kind.TEXT
+    when: Callable[[Mapping[str, Any]], bool] | None = None
+    under_root: bool = False  # check(key, value, root): a file looked for under root
+
+    @property
+    def derived(self) -> bool:
+        """Whether it needs other settings first (a derived default, or a condition)."""
+        return callable(self.default) or self.when is not None
 
 
-def mail_fields(raw: Mapping[str, Any], server_name: str) -> dict[str, Any]:
-    """Return the mail_* and admin_email fields; the relay's only checked when it is used."""
+SPEC = "matrix_stack.spec"
 
-    get = getter(raw)
-    mode = get("mail", lambda q, v: check_choice(q, v, MailMode), MailMode.OFF)
-    security = get(
-        "mail_relay_security",
-        lambda q, v: check_choice(q, v, MailSecurity),
-        MailSecurity.STARTTLS,
-    )
-    relay = mode is MailMode.RELAY
-    return {
-        "mail": mode,
-        "mail_from": get("mail_from", check_mail_from, f"Matrix <noreply@{server_name}>"),
-        "mail_relay_host": get("mail_relay_host", check_mail_host)
-        if relay
-        else str(raw.get("mail_relay_host") or "").strip(),
-        "mail_relay_port": get("mail_relay_port", check_port, DEFAULT_RELAY_PORTS[security]),
-        "mail_relay_security": security,
-        "mail_relay_user": get("mail_relay_user", check_mail_user),
-        "mail_password_reset": get("mail_password_reset", check_bool, True),
-        "admin_email": get("admin_email", lambda q, v: check_email(q, v) if v else ""),
-    }
+
+_DEFAULT_GIVEN = object()
+
+
+def setting(
+    check: Callable[..., Any], default: Any = "", *, plain: Any = _DEFAULT_GIVEN, **options: Any
+) -> Any:
+    """Declare a Settings field: the one place its check, default and question are said.
+
+    plain is the dataclass's own default (MISSING: required) where default is derived or
+    should not be the constructor's."""
+    if plain is _DEFAULT_GIVEN:
+        plain = MISSING if callable(default) else default
+    return field(default=plain, metadata={SPEC: Spec(check, default, **options)})
+
+
+def choice(choices: type[enum.StrEnum]) -> Callable[[str, Any], Any]:
+    return lambda question, value: check_choice(question, value, choices)
+
+
+def each(check: Callable[[str, Any], Any]) -> Callable[[str, Any], tuple[Any, ...]]:
+    """Return a check of a list (YAML list or comma/space separated): each item, no repeats."""
+    return lambda question, value: tuple(
+        dict.fromkeys(check(question, item) for item in split_list(value)))
+
+
+def _is(key: str, value: object) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda settings: settings[key] is value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every choice the stack is rendered from; built only by from_mapping, so always valid.
+
+    Each field is declared once, with setting(): answers.py derives the debconf table, the
+    config script its list of kept questions, and from_mapping the checks from it.
+    """
+
+    server_name: str = setting(check_dns_name, plain=MISSING)
+    element_domain: str = setting(
+        check_dns_name, lambda s: f"element.{s['server_name']}")
+    element_version: str = setting(check_version, "latest")
+    element_source: str = setting(check_source, DEFAULT_ELEMENT_SOURCE)
+    element_key_url: str = setting(
+        check_source, DEFAULT_ELEMENT_KEY_URL, asked=False)
+    element_key_fingerprint: str = setting(
+        check_fingerprint, ELEMENT_KEY_FINGERPRINT, asked=False)
+    # Empty: derived from element_source.
+    element_latest_url: str = setting(check_optional_url, asked=False)
+    tls: TlsMode = setting(choice(TlsMode), TlsMode.SELF_SIGNED)
+    tls_cert: str = setting(check_absolute_file, when=_is("tls", TlsMode.FILES), under_root=True)
+    tls_key: str = setting(check_absolute_file, when=_is("tls", TlsMode.FILES), under_root=True)
+    acme_email: str = setting(check_email, when=_is("tls", TlsMode.ACME))
+    turn_enable: bool = setting(check_bool, True, kind=Kind.BOOLEAN)
+    turn_domain: str = setting(check_dns_name, lambda s: s["server_name"], plain="")
+    turn_external_ip: str = setting(check_external_ip)
+    turn_listening_ip: str = setting(check_ip)
+    federation: FederationMode = setting(choice(FederationMode), FederationMode.ALLOW_LIST)
+    federation_domains: tuple[str, ...] = setting(
+        each(check_server_name_with_port), (), kind=Kind.LIST)
+    # Peers also trusted as key servers (matrix-stack-admin federation allow --key-server).
+    federation_key_servers: tuple[str, ...] = setting(
+        each(check_server_name_with_port), (), asked=False)
+    registration: RegistrationMode = setting(choice(RegistrationMode), RegistrationMode.DISABLED)
+    behind_proxy: bool = setting(check_bool, False, kind=Kind.BOOLEAN)
+    # The outside proxy allowed to set X-Forwarded-*.
+    proxy_addresses: tuple[str, ...] = setting(
+        each(check_proxy_address), ("127.0.0.1", "::1"), asked=False)
+    database: DatabaseMode = setting(choice(DatabaseMode), DatabaseMode.SQLITE)
+    # Synapse's SQLite file, where it already was on a server taken over (adopt).
+    database_path: str = setting(
+        check_absolute_path, DEFAULT_SQLITE_PATH, asked=False)
+    # Empty: PostgreSQL on this host (socket, peer authentication); else a remote server.
+    database_host: str = setting(check_database_host)
+    database_port: int = setting(
+        check_port, DEFAULT_DATABASE_PORT, kind=Kind.NUMBER)
+    database_name: str = setting(check_pg_identifier, DEFAULT_DATABASE_NAME)
+    database_user: str = setting(check_pg_identifier, DEFAULT_DATABASE_NAME)
+    # The daily backup (matrix-stack-admin backup --schedule): off or daily, where, how many.
+    backup_schedule: BackupSchedule = setting(
+        choice(BackupSchedule), BackupSchedule.OFF, asked=False)
+    backup_dir: str = setting(check_directory, DEFAULT_BACKUP_DIR, asked=False)
+    backup_keep: int = setting(check_keep, DEFAULT_BACKUP_KEEP, asked=False)
+    mail: MailMode = setting(choice(MailMode), MailMode.OFF)
+    mail_from: str = setting(
+        check_mail_from, lambda s: f"Matrix <noreply@{s['server_name']}>", plain="")
+    mail_relay_host: str = setting(
+        check_mail_host, when=_is("mail", MailMode.RELAY))
+    mail_relay_port: int = setting(
+        check_port, lambda s: DEFAULT_RELAY_PORTS[s["mail_relay_security"]],
+        plain=DEFAULT_RELAY_PORTS[MailSecurity.STARTTLS], kind=Kind.NUMBER)
+    mail_relay_security: MailSecurity = setting(choice(MailSecurity), MailSecurity.STARTTLS)
+    mail_relay_user: str = setting(check_mail_user)
+    mail_password_reset: bool = setting(check_bool, True, kind=Kind.BOOLEAN)
+    admin_email: str = setting(lambda q, v: check_email(q, v) if v else "")
+    # Synapse's worker processes: off, auto (sized to the cores) or counts per kind.
+    workers: str = setting(check_workers, WORKERS_OFF)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def element_on_own_domain(self) -> bool:
+        """Return whether Element has a vhost of its own (Element's advice against XSS)."""
+        return self.element_domain != self.server_name
+
+    @property
+    def trusted_key_servers(self) -> tuple[str, ...]:
+        """Return the servers Synapse asks for other servers' keys (empty: each origin)."""
+        if self.federation is FederationMode.OFF:
+            return ()
+        if self.federation is FederationMode.OPEN:
+            return tuple(dict.fromkeys(("matrix.org", *self.federation_key_servers)))
+        # Synapse refuses to ask a key server that its whitelist does not admit.
+        return tuple(k for k in self.federation_key_servers if k in self.federation_domains)
+
+    @property
+    def mail_on(self) -> bool:
+        """Return whether Synapse sends mail (verification, password reset, notifications)."""
+        return self.mail is not MailMode.OFF
+
+    @property
+    def password_reset_on(self) -> bool:
+        """Return whether users may reset their own password by mail."""
+        return self.mail_on and self.mail_password_reset
+
+    @property
+    def remote_database(self) -> bool:
+        """Return whether Synapse uses a PostgreSQL server on another host."""
+        return self.database is DatabaseMode.POSTGRESQL and bool(self.database_host)
+
+    @property
+    def certificate_names(self) -> tuple[str, ...]:
+        """Return the DNS names one certificate must cover, server name first, no repeats."""
+        names = (self.server_name, self.element_domain, self.turn_domain)
+        return tuple(dict.fromkeys(names))
+
+
+def specs() -> dict[str, Spec]:
+    """Return each setting's Spec by key, in the order of Settings (stack.yaml's order)."""
+    return {item.name: item.metadata[SPEC] for item in fields(Settings) if SPEC in item.metadata}
+
+
+def _read(
+    key: str, spec: Spec, raw: Mapping[str, Any], done: Mapping[str, Any], root: Path
+) -> Any:
+    value = raw.get(key)
+    if spec.when is not None and not spec.when(done):
+        return "" if value is None else str(value).strip()
+    if value in (None, "") or (spec.kind is Kind.LIST and not value and spec.default):
+        value = spec.default(done) if callable(spec.default) else spec.default
+    return spec.check(key, value, root) if spec.under_root else spec.check(key, value)
 
 
 def from_mapping(raw: Mapping[str, Any], root: Path = Path("/")) -> Settings:
     """Validate stack.yaml's keys into Settings; empty derived names take their defaults."""
-    known = {name for name in Settings.__dataclass_fields__ if name != "warnings"}
-    unknown = sorted(set(raw) - known)
+    declared = specs()
+    unknown = sorted(set(raw) - set(declared))
     if unknown:
         raise SettingsError(unknown[0], raw[unknown[0]], "is not a matrix-stack setting")
-
-    get = getter(raw)
-    server_name = get("server_name", check_dns_name)
-    element_domain = get("element_domain", check_dns_name, f"element.{server_name}")
-    tls = get("tls", lambda q, v: check_choice(q, v, TlsMode), TlsMode.SELF_SIGNED)
+    values: dict[str, Any] = {}
+    # Settings of their own first, then those read from them (derived defaults, checks that
+    # apply only under another setting's value).
+    for derived in (False, True):
+        for key, spec in declared.items():
+            if spec.derived is derived:
+                values[key] = _read(key, spec, raw, values, root)
     warnings = []
-    if element_domain == server_name:
+    if values["element_domain"] == values["server_name"]:
         warnings.append(
-            f"Element is served from the homeserver's own name {server_name}; Element advises "
-            "a separate domain (cross-site scripting)"
+            f"Element is served from the homeserver's own name {values['server_name']}; Element "
+            "advises a separate domain (cross-site scripting)"
         )
-    settings = Settings(
-        server_name=server_name,
-        element_domain=element_domain,
-        element_version=get("element_version", check_version, "latest"),
-        element_source=get("element_source", check_source, DEFAULT_ELEMENT_SOURCE),
-        element_key_url=get("element_key_url", check_source, DEFAULT_ELEMENT_KEY_URL),
-        element_key_fingerprint=get(
-            "element_key_fingerprint", check_fingerprint, ELEMENT_KEY_FINGERPRINT
-        ),
-        element_latest_url=get("element_latest_url", check_optional_url),
-        tls=tls,
-        tls_cert=get("tls_cert", lambda q, v: check_absolute_file(q, v, root))
-        if tls is TlsMode.FILES
-        else str(raw.get("tls_cert") or ""),
-        tls_key=get("tls_key", lambda q, v: check_absolute_file(q, v, root))
-        if tls is TlsMode.FILES
-        else str(raw.get("tls_key") or ""),
-        acme_email=get("acme_email", check_email)
-        if tls is TlsMode.ACME
-        else str(raw.get("acme_email") or ""),
-        turn_enable=get("turn_enable", check_bool, True),
-        turn_domain=get("turn_domain", check_dns_name, server_name),
-        turn_external_ip=get("turn_external_ip", check_external_ip),
-        turn_listening_ip=get("turn_listening_ip", check_ip),
-        federation=get(
-            "federation", lambda q, v: check_choice(q, v, FederationMode), FederationMode.ALLOW_LIST
-        ),
-        federation_domains=tuple(
-            dict.fromkeys(
-                check_server_name_with_port("federation_domains", item)
-                for item in split_list(raw.get("federation_domains"))
-            )
-        ),
-        federation_key_servers=tuple(
-            dict.fromkeys(
-                check_server_name_with_port("federation_key_servers", item)
-                for item in split_list(raw.get("federation_key_servers"))
-            )
-        ),
-        registration=get(
-            "registration",
-            lambda q, v: check_choice(q, v, RegistrationMode),
-            RegistrationMode.DISABLED,
-        ),
-        behind_proxy=get("behind_proxy", check_bool, False),
-        proxy_addresses=tuple(
-            check_proxy_address("proxy_addresses", item)
-            for item in split_list(raw.get("proxy_addresses") or ["127.0.0.1", "::1"])
-        ),
-        database=get(
-            "database", lambda q, v: check_choice(q, v, DatabaseMode), DatabaseMode.SQLITE
-        ),
-        database_path=get("database_path", check_absolute_path, DEFAULT_SQLITE_PATH),
-        database_host=get("database_host", check_database_host),
-        database_port=get("database_port", check_port, DEFAULT_DATABASE_PORT),
-        database_name=get("database_name", check_pg_identifier, DEFAULT_DATABASE_NAME),
-        database_user=get("database_user", check_pg_identifier, DEFAULT_DATABASE_NAME),
-        backup_schedule=get(
-            "backup_schedule",
-            lambda q, v: check_choice(q, v, BackupSchedule),
-            BackupSchedule.OFF,
-        ),
-        backup_dir=get("backup_dir", check_directory, DEFAULT_BACKUP_DIR),
-        backup_keep=get("backup_keep", check_keep, DEFAULT_BACKUP_KEEP),
-        **mail_fields(raw, server_name),
-        workers=check_workers("workers", raw.get("workers")),
-        warnings=tuple(warnings),
-    )
+    settings = Settings(**values, warnings=tuple(warnings))
     if settings.workers != WORKERS_OFF and settings.database is not DatabaseMode.POSTGRESQL:
         raise SettingsError(
             "workers", settings.workers, "needs database: postgresql (Synapse's workers share "

@@ -7,8 +7,10 @@ the sh reader and the Python writer are proved to agree.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +100,18 @@ def template_questions() -> list[str]:
 
 
 def kept_questions() -> list[str]:
+    """Return the config script's KEPT list as the build fills it in (debian/rules)."""
     text = CONFIG_SCRIPT.read_text(encoding="utf-8")
-    match = re.search(r'^KEPT="([^"]*)"', text, flags=re.MULTILINE)
-    assert match is not None, "KEPT=... not found in debian/matrix-stack.config"
-    return match.group(1).split()
+    assert re.search(r'^KEPT="#KEPT_QUESTIONS#"$', text, flags=re.MULTILINE)
+    rules = (DEBIAN_DIR / "rules").read_text(encoding="utf-8")
+    assert ("dh_installdebconf -DKEPT_QUESTIONS="
+            '"$$(PYTHONPATH=$(CURDIR) python3 -m matrix_stack.answers)"') in rules
+    printed = subprocess.run(
+        [sys.executable, "-m", "matrix_stack.answers"], cwd=DEBIAN_DIR.parent,
+        env={**os.environ, "PYTHONPATH": str(DEBIAN_DIR.parent)},
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return printed.split()
 
 
 def stack_value_function() -> str:

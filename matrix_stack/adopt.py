@@ -27,7 +27,7 @@ from typing import Any
 
 from matrix_stack import settings as settings_module
 from matrix_stack.errors import MatrixStackError, SettingsError
-from matrix_stack.files import host_path
+from matrix_stack.files import host_path, lookup_ids, sets_ownership
 from matrix_stack.paths import ADOPTED_RECORD, APACHE_SITES_RECORD, COTURN_OWN_CONF, HOMESERVER_PATH
 from matrix_stack.paths import APACHE_SITES_ENABLED as SITES_ENABLED
 from matrix_stack.paths import SYNAPSE_CONF_PATH as OUR_SYNAPSE_CONF
@@ -36,6 +36,7 @@ from matrix_stack.services import record
 from matrix_stack.settings import DEFAULT_SQLITE_PATH, Settings
 from matrix_stack.synapse_config import find_config_files, read_config_file
 from matrix_stack.synapse_db import Database, Engine, parse_database
+from matrix_stack.system import System, system_for
 from matrix_stack.turn_config import parse_coturn_config
 
 # Sites matrix-stack handles elsewhere: its own, and Debian's stock default (services.py).
@@ -504,31 +505,25 @@ def undo_paths(adoption: Plan) -> list[Path]:
     ]
 
 
-def carry_out(adoption: Plan, settings: Settings, root: Path = Path("/")) -> list[str]:
+def carry_out(
+    adoption: Plan, settings: Settings, root: Path = Path("/"), system: System | None = None
+) -> list[str]:
     """Keep the secrets in matrix-stack's files and disable the Element sites in the way.
 
     Run inside stack.change's transaction, whose undo holds secret_paths() and site_links().
     """
     from matrix_stack.secrets import ensure_secret
 
+    system = system or system_for(root)
     for key, value in adoption.secrets.items():
         ensure_secret(SECRET_FILES[key], root, value=value)
     lines = []
     if adoption.found is not None:
         for name in sites_to_disable(adoption.found, settings, host_names()):
-            disable_site(name, root)
+            system.disable_site(name, root)
+            record(APACHE_SITES_RECORD, [name], root)
             lines.append(f"disabled the Apache site {name} (it answered for a name of the stack)")
     return lines
-
-
-def disable_site(name: str, root: Path) -> None:
-    if root == Path("/"):
-        from matrix_stack.run import run
-
-        run(["a2dissite", "-m", "-q", name])
-    else:
-        host_path(SITES_ENABLED / f"{name}.conf", root).unlink(missing_ok=True)
-    record(APACHE_SITES_RECORD, [name], root)
 
 
 def finish(adoption: Plan, root: Path = Path("/")) -> None:
@@ -549,10 +544,8 @@ def tighten(path: Path, root: Path) -> None:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
             return  # not the admin's file: a hard link may name a file of root's
-        if root == Path("/"):
-            import pwd
-
-            os.fchown(descriptor, pwd.getpwnam(SECRET_OWNER).pw_uid, -1)
+        if sets_ownership(root):
+            os.fchown(descriptor, lookup_ids(SECRET_OWNER, "root")[0], -1)
         os.fchmod(descriptor, 0o600)
     finally:
         os.close(descriptor)
@@ -574,8 +567,11 @@ def take_over(root: Path = Path("/")) -> list[str]:
             "matrix-stack"
         )
 
+    system = system_for(root)
+
     def apply_settings(settings: Settings) -> list[str]:
-        return carry_out(adoption, settings, root) + apply(settings, root=root).lines()
+        return (carry_out(adoption, settings, root, system)
+                + apply(settings, root=root, system=system).lines())
 
     changed = change(lambda _stack: dict(adoption.proposed), root=root, source="adopt",
                      apply_settings=apply_settings, keeps=undo_paths(adoption), missing_ok=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matrix_stack import files, postgres
+from matrix_stack import files
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import Outcome, Plan, UcfState
 from matrix_stack.host import gather_facts
@@ -161,7 +161,6 @@ def apply(
     debconf_ok: bool = False,
     validate_synapse: Callable[[str, str], None] | None = None,
     set_synapse_answer: Callable[[str], None] | None = None,
-    prepare_database: Callable[[Settings, Path], list[str]] | None = None,
     database_ready: bool = False,
     system: System | None = None,
     write_plan: Callable[[Plan, Path], None] = files.apply_plan,
@@ -169,7 +168,7 @@ def apply(
     """Bring the generated files and services in line with settings.
 
     First restart what an interrupted apply left pending, then check the database switch
-    (postgres.prepare; skipped when database_ready: the caller checked it). A configuration
+    (system.prepare_database; skipped when database_ready: the caller checked it). A configuration
     that Synapse or Apache refuses, or any other failure, leaves the previous files live.
     """
     if dry_run:
@@ -177,9 +176,9 @@ def apply(
     system = system or system_for(root)
     report = Report()
     report.actions, left_pending = restart_pending(system, root)
-    if not database_ready and (prepare_database is not None or root == Path("/")):
+    if not database_ready:
         # Before anything is written: a missing PostgreSQL or a switch losing data changes nothing.
-        report.actions += (prepare_database or postgres.prepare)(settings, root)
+        report.actions += system.prepare_database(settings, root)
     attempt = Attempt(settings, root, system, left_pending)
     try:
         attempt.run(report, validate_synapse or system.validate_synapse, set_synapse_answer,

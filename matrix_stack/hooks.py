@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix_stack import adopt, answers, postgres, secrets
+from matrix_stack import adopt, answers, secrets
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
@@ -64,10 +64,11 @@ def configure(
         return {**stack, **file_only, **answers.yaml_from_debconf(debconf)}
 
     def apply_settings(settings: Settings) -> list[str]:
-        store_database_password(debconf, settings, root, check_password,
+        store_database_password(debconf, settings, root,
+                                check_password or system.database_password_check(),
                                 taken=adoption.database_password if adoption else "")
         store_mail_password(debconf, settings, root)
-        taken = adopt.carry_out(adoption, settings, root) if adoption else []
+        taken = adopt.carry_out(adoption, settings, root, system) if adoption else []
         return taken + apply(settings, root=root, debconf_ok=True,
                              set_synapse_answer=set_synapse_answer, system=system).lines()
 
@@ -102,8 +103,8 @@ def store_database_password(
     """Keep the remote PostgreSQL password in its root-only file, never in debconf.
 
     taken: the password a server taken over had inline (the answer, if any, wins). A new
-    password replaces the file Synapse uses only once check (default: on this host,
-    postgres.check_remote) accepted it from a temporary file.
+    password replaces the file Synapse uses only once check (on this host,
+    postgres.check_remote; none for a temporary root) accepted it from a temporary file.
     """
     try:
         password = debconf.get(answers.DATABASE_PASSWORD_QUESTION) or taken
@@ -111,8 +112,6 @@ def store_database_password(
         debconf.set(answers.DATABASE_PASSWORD_QUESTION, "")
     if not settings.remote_database:
         return
-    if check is None and root == Path("/"):
-        check = postgres.check_remote
     if password:
         secrets.store_database_password(
             password, root, None if check is None else lambda passfile: check(settings, passfile)

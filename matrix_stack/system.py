@@ -8,7 +8,7 @@ in between (a crash, a power cut); and the line saying what a failed apply left.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -16,11 +16,13 @@ from matrix_stack import services
 from matrix_stack.files import FileSpec, host_path, write_atomic
 from matrix_stack.paths import (
     APACHE_SITE_PATH,
+    APACHE_SITES_ENABLED,
     PENDING_RESTARTS_PATH,
     SERVER_NAME_PATH,
     SYNAPSE_CONF_PATH,
     TURNSERVER_CONF_PATH,
 )
+from matrix_stack.run import run
 from matrix_stack.settings import Settings
 from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH
 from matrix_stack.undo import describe_problems
@@ -48,6 +50,12 @@ class System(Protocol):
 
     def validate_synapse(self, candidate: str, candidate_name: str) -> None: ...
 
+    def prepare_database(self, settings: Settings, root: Path) -> list[str]: ...
+
+    def database_password_check(self) -> Callable[[Settings, Path], object] | None: ...
+
+    def disable_site(self, name: str, root: Path) -> None: ...
+
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]: ...
 
     def validate_apache(self) -> None: ...
@@ -74,6 +82,21 @@ class LiveSystem:
 
     def validate_synapse(self, candidate: str, candidate_name: str) -> None:
         services.validate_synapse(candidate, candidate_name)
+
+    def prepare_database(self, settings: Settings, root: Path) -> list[str]:
+        """Check the database switch before anything is written (postgres.prepare)."""
+        from matrix_stack import postgres
+
+        return postgres.prepare(settings, root)
+
+    def database_password_check(self) -> Callable[[Settings, Path], object] | None:
+        """Return the check a new remote PostgreSQL password file must pass."""
+        from matrix_stack import postgres
+
+        return postgres.check_remote
+
+    def disable_site(self, name: str, root: Path) -> None:
+        run(["a2dissite", "-m", "-q", name])
 
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]:
         return services.ensure_apache_enabled(settings, root)
@@ -111,6 +134,15 @@ class NoSystem:
 
     def validate_synapse(self, candidate: str, candidate_name: str) -> None:
         return None
+
+    def prepare_database(self, settings: Settings, root: Path) -> list[str]:
+        return []
+
+    def database_password_check(self) -> Callable[[Settings, Path], object] | None:
+        return None
+
+    def disable_site(self, name: str, root: Path) -> None:
+        host_path(APACHE_SITES_ENABLED / f"{name}.conf", root).unlink(missing_ok=True)
 
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]:
         return ()

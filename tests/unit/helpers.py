@@ -76,6 +76,18 @@ class FakeSystem:
     def validate_synapse(self, candidate: str, candidate_name: str) -> None:
         self._call("validate_synapse", candidate_name)
 
+    def prepare_database(self, settings: Settings, root: Path) -> list[str]:
+        # Recorded only when refused (so that tests of files and units see no extra call).
+        if "prepare_database" in self.refusals:
+            self._call("prepare_database")
+        return []
+
+    def database_password_check(self) -> None:
+        return None
+
+    def disable_site(self, name: str, root: Path) -> None:
+        self._call("disable_site", name)
+
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]:
         self._call("enable_apache")
         return self.newly_enabled

@@ -34,7 +34,6 @@ from matrix_stack.render import (
 )
 from matrix_stack.secrets import read_secrets, store_mail_password
 from matrix_stack.servername import ensure_server_name
-from matrix_stack.settings import Settings
 from matrix_stack.tls import SELF_SIGNED_CERT_PATH, SELF_SIGNED_KEY_PATH, certificate_names
 from tests.unit.helpers import (
     LISTENING_IP,
@@ -215,14 +214,15 @@ def test_apply_first_run_when_synapse_refuses_writes_no_generated_file(
 def test_apply_when_the_database_check_refuses_writes_nothing_at_all(
     tmp_path: Path, synapse_check: SynapseCheck
 ) -> None:
-    def refuse(_settings: Settings, _root: Path) -> list[str]:
-        raise MatrixStackError("no PostgreSQL server runs on this host")
-
+    system = FakeSystem(
+        refusals={"prepare_database": MatrixStackError("no PostgreSQL server runs on this host")})
     settings = make_settings(tmp_path)
     before = sorted(tmp_path.rglob("*"))
 
     with pytest.raises(MatrixStackError, match="no PostgreSQL"):
-        apply(settings, root=tmp_path, validate_synapse=synapse_check, prepare_database=refuse)
+        apply(settings, root=tmp_path, validate_synapse=synapse_check, system=system)
+
+    assert system.calls == [("prepare_database",)]
 
     assert sorted(tmp_path.rglob("*")) == before
 
@@ -657,11 +657,12 @@ def test_apply_after_a_crash_first_restarts_what_the_crashed_apply_left_pending(
 def test_apply_with_database_ready_skips_the_database_check(
     tmp_path: Path, synapse_check: SynapseCheck
 ) -> None:
-    def refuse(_settings: Settings, _root: Path) -> list[str]:
-        raise AssertionError("the database was checked")
+    system = FakeSystem(refusals={"prepare_database": AssertionError("the database was checked")})
 
     apply(make_settings(tmp_path), root=tmp_path, validate_synapse=synapse_check,
-          prepare_database=refuse, database_ready=True)
+          system=system, database_ready=True)
+
+    assert ("prepare_database",) not in system.calls
 
     assert on_disk(tmp_path, SYNAPSE_CONF_PATH).exists()
 

@@ -75,6 +75,8 @@ bench: $(DEB)
 		$(PYTHON) -m tests.bench.bench
 	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
 		$(PYTHON) -m tests.bench.bench_serving
+	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) MATRIX_STACK_TARGET=trixie-py3 \
+		$(PYTHON) -m tests.bench.bench_workers
 	MATRIX_STACK_SYSTEM_TESTS=1 MATRIX_STACK_DEB=$(CURDIR)/$(DEB) \
 		$(PYTHON) -m tests.bench.bench_data
 

@@ -27,6 +27,7 @@ from matrix_stack.paths import (
     SYNAPSE_CONF_PATH,
     UCF_STATE_PATH,
 )
+from matrix_stack.phases import phase
 from matrix_stack.render import render_all
 from matrix_stack.secrets import MAIL_PASSWORD_PATH, Secrets, ensure_secrets, read_secrets
 from matrix_stack.servername import server_name_changes, write_server_name
@@ -178,7 +179,8 @@ def apply(
     report.actions, left_pending = restart_pending(system, root)
     if not database_ready:
         # Before anything is written: a missing PostgreSQL or a switch losing data changes nothing.
-        report.actions += system.prepare_database(settings, root)
+        with phase("database check"):
+            report.actions += system.prepare_database(settings, root)
     attempt = Attempt(settings, root, system, left_pending)
     try:
         attempt.run(report, validate_synapse or system.validate_synapse, set_synapse_answer,
@@ -242,19 +244,22 @@ class Attempt:
         secrets = ensure_secrets(root, workers=settings.workers != WORKERS_OFF)
         check_mail_password(settings, secrets)
         ucf = UcfState(root, debconf_ok=debconf_ok)
-        report.plans = plans = plan_files(settings, root, secrets, ucf)
+        with phase("render"):
+            report.plans = plans = plan_files(settings, root, secrets, ucf)
         rendered = [plan.spec.path for plan in plans]
         self.worker_units = in_order(unit for unit in units_of(rendered) if worker_side(unit))
         stale = stale_worker_files(root, ucf, rendered)
         check_certificate_files(settings, root)
         synapse_plan = next((plan for plan in plans if plan.spec.path == SYNAPSE_CONF_PATH), None)
         if synapse_plan is not None and synapse_plan.outcome.changes_live_file:
-            validate_synapse(synapse_plan.spec.text, SYNAPSE_CONF_PATH.name)
+            with phase("Synapse's check of its new configuration"):
+                validate_synapse(synapse_plan.spec.text, SYNAPSE_CONF_PATH.name)
 
         new_certificate = self_signed_needed(settings, root)
         if new_certificate:
             self.expect([SELF_SIGNED_KEY_PATH, SELF_SIGNED_CERT_PATH])
-            make_self_signed(settings, root)
+            with phase("self-signed certificate"):
+                make_self_signed(settings, root)
         ensure_element_root(root)
         self.expect(written_paths(plans))
         for plan in plans:
@@ -264,13 +269,15 @@ class Attempt:
                 raise MatrixStackError(
                     f"cannot write {plan.spec.path} ({error.strerror or error})"
                 ) from error
-        newly_enabled = system.enable_apache(settings, root)
+        with phase("Apache modules and site"):
+            newly_enabled = system.enable_apache(settings, root)
         self.site_enabled = f"site:{APACHE_SITE}" in newly_enabled
         if newly_enabled:
             self.expect([], ["apache2"])
         site_written = APACHE_SITE_PATH in written_paths(plans)
         if new_certificate or newly_enabled or site_written:
-            system.validate_apache()
+            with phase("apache2ctl configtest"):
+                system.validate_apache()
 
         self.restarted = list(self.pending)
         restarted, failed = system.restart(self.pending) if self.pending else ([], [])

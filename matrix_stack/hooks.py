@@ -17,6 +17,7 @@ from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import host_path
 from matrix_stack.paths import STACK_PATH
+from matrix_stack.phases import phase
 from matrix_stack.settings import MailMode, Settings
 from matrix_stack.stack import change
 from matrix_stack.system import System, system_for
@@ -191,16 +192,22 @@ def run_configure(
         from matrix_stack.services import stop_open_coturn
 
         # Silent: apply starts it with our configuration, and says so.
-        stop_open_coturn(TURNSERVER_CONF_PATH)
-        configured = configure(session, set_synapse_answer=set_synapse_answer)
+        with phase("stop coturn on its stock configuration"):
+            stop_open_coturn(TURNSERVER_CONF_PATH)
+        with phase("configure (stack.yaml, apply)"):
+            configured = configure(session, set_synapse_answer=set_synapse_answer)
         for line in configured.lines:
             print(f"{PROGRAM}: {line}", file=sys.stderr)
-        for line in bootstrap(session, configured.settings.server_name):
+        with phase("administrator account"):
+            made = bootstrap(session, configured.settings.server_name)
+        for line in made:
             print(f"{PROGRAM}: {line}", file=sys.stderr)
         from matrix_stack.element import postinst_lines
 
         # Never raises: Element is fetched best-effort.
-        for line in postinst_lines(settings=configured.settings):
+        with phase("Element"):
+            fetched = postinst_lines(settings=configured.settings)
+        for line in fetched:
             print(f"{PROGRAM}: {line}", file=sys.stderr)
     except MatrixStackError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)

@@ -21,6 +21,7 @@ from matrix_stack.paths import (
 )
 from matrix_stack.paths import CONF_D_PATH as SYNAPSE_CONF_DIR
 from matrix_stack.paths import HOMESERVER_PATH as SYNAPSE_CONFIG_PATH
+from matrix_stack.phases import phase
 from matrix_stack.run import last_line, run
 from matrix_stack.settings import Settings, TlsMode
 
@@ -249,7 +250,8 @@ def restart(units: Iterable[str]) -> tuple[list[str], list[str]]:
     for unit in units:
         action = "reload-or-restart" if unit == "apache2" else "restart"
         try:
-            run([*tool, action, f"{unit}.service"], timeout=180)
+            with phase(f"{action} {unit}"):
+                run([*tool, action, f"{unit}.service"], timeout=180)
         except CommandError:
             failed.append(unit)
             continue

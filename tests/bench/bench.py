@@ -85,7 +85,9 @@ def main() -> int:
                   f"its postinst): {time.monotonic() - started:.1f} s")
         container.run([*stack.APT, "install", "--download-only", f"/srv/{deb.name}"])
         started = time.monotonic()
-        container.run([*stack.APT, "install", f"/srv/{deb.name}"], timeout=900)
+        # The postinst says how long each of its phases took (matrix_stack/phases.py).
+        result = container.run([*stack.APT, "install", f"/srv/{deb.name}"], timeout=900,
+                               env={"MATRIX_STACK_PHASES": "1"})
         installed = time.monotonic()
         stack.wait_for_client_api(container)
         answered = time.monotonic()
@@ -94,6 +96,11 @@ def main() -> int:
         print(f"install: apt-get install {installed - started:.1f} s (dependencies downloaded "
               f"beforehand); until /_matrix/client/versions answers 200 through Apache: "
               f"{answered - started:.1f} s")
+        phases = [line.removeprefix("matrix-stack: phase ")
+                  for line in (result.stdout + result.stderr).splitlines()
+                  if line.startswith("matrix-stack: phase ")]
+        for line in phases:
+            print(f"  postinst phase {line}")
         units = ("matrix-synapse", "coturn", "apache2")
         with stack.unit_runs(container, units) as changed:
             print(f"no-change apply: {timed(container, 10, 'matrix-stack-admin', 'apply')}; "

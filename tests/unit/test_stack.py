@@ -11,7 +11,7 @@ import pytest
 
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError, SettingsError, ValidationError
-from matrix_stack.files import host_path
+from matrix_stack.files import Plan, apply_plan, host_path
 from matrix_stack.paths import STACK_PATH
 from matrix_stack.settings import Settings
 from matrix_stack.stack import change, current_settings, read_stack, write_stack
@@ -171,6 +171,53 @@ def test_change_refused_by_apache_puts_stack_yaml_and_every_applied_file_back(
     assert files_and_modes(applied_root) == before
     # Refused before any restart: every unit still runs the old files, none is restarted.
     assert system.calls[-1] == ("validate_apache",)
+
+
+def test_change_whose_write_fails_puts_stack_yaml_and_every_written_file_back(
+    applied_root: Path,
+) -> None:
+    edited_root(applied_root)
+    before = files_and_modes(applied_root)
+    system = FakeSystem()
+    written: list[Path] = []
+
+    def write_then_fail(plan: Plan, root: Path) -> None:
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(plan.spec.path)
+        apply_plan(plan, root)
+
+    def apply_settings(settings: Settings) -> list[str]:
+        return apply(settings, root=applied_root, system=system,
+                     write_plan=write_then_fail).lines()
+
+    with pytest.raises(MatrixStackError, match="No space left on device"):
+        change(lambda stack: {**stack, "turn_domain": "turn.example.org"}, root=applied_root,
+               apply_settings=apply_settings)
+
+    assert len(written) == 1  # one file was written before the second failed
+    assert files_and_modes(applied_root) == before
+    assert [call for call in system.calls if call[0] == "restart"] == []
+
+
+def test_change_whose_restart_fails_puts_everything_back_and_restarts_it_on_the_old_files(
+    applied_root: Path,
+) -> None:
+    edited_root(applied_root)
+    before = files_and_modes(applied_root)
+    system = FakeSystem(failing=[{"coturn"}])
+
+    def apply_settings(settings: Settings) -> list[str]:
+        return apply(settings, root=applied_root, system=system).lines()
+
+    with pytest.raises(MatrixStackError, match="coturn failed to start"):
+        change(lambda stack: {**stack, "turn_domain": "turn.example.org"}, root=applied_root,
+               apply_settings=apply_settings)
+
+    assert files_and_modes(applied_root) == before
+    restarts = [call for call in system.calls if call[0] == "restart"]
+    # Restarted on the new files, then again on the old ones once they were back.
+    assert len(restarts) == 2 and restarts[0] == restarts[1] and "coturn" in restarts[0]
 
 
 def test_current_settings_are_those_of_stack_yaml(tmp_path: Path) -> None:

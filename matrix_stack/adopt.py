@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import stat
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 from matrix_stack import settings as settings_module
 from matrix_stack.errors import MatrixStackError, SettingsError
 from matrix_stack.files import host_path, lookup_ids, sets_ownership
+from matrix_stack.host import host_names
 from matrix_stack.paths import ADOPTED_RECORD, APACHE_SITES_RECORD, COTURN_OWN_CONF, HOMESERVER_PATH
 from matrix_stack.paths import APACHE_SITES_ENABLED as SITES_ENABLED
 from matrix_stack.paths import SYNAPSE_CONF_PATH as OUR_SYNAPSE_CONF
@@ -431,9 +431,6 @@ def sites_to_disable(found: Found, settings: Settings, hostnames: Sequence[str])
     ]
 
 
-def host_names() -> tuple[str, ...]:
-    """Return this host's names, which Apache gives a site without ServerName."""
-    return tuple(dict.fromkeys((socket.getfqdn().lower(), socket.gethostname().lower())))
 
 
 def check_database_users(found: Found, root: Path = Path("/")) -> None:
@@ -469,17 +466,11 @@ print(row[0])
 
 
 def count_foreign_users(path: Path, server_name: str) -> int:
-    import pwd
-
     from matrix_stack.errors import CommandError
-    from matrix_stack.run import run
+    from matrix_stack.postgres import probe_sqlite_as_owner
 
-    owner = path.stat().st_uid
-    user = None if owner == os.geteuid() else pwd.getpwuid(owner).pw_name
     try:
-        output = run([sys.executable, "-c", _FOREIGN_USERS_PROBE, str(path), server_name],
-                     user=user, timeout=60).stdout
-        return int(output.strip())
+        return int(probe_sqlite_as_owner(path, _FOREIGN_USERS_PROBE, server_name))
     except (CommandError, ValueError) as error:
         raise MatrixStackError(
             f"cannot read Synapse's database {path} to check its users: {error}"

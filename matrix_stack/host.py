@@ -37,6 +37,11 @@ def installed_key_value_server(root: Path = Path("/")) -> str:
     return KEY_VALUE_SERVERS[0].name
 
 
+def host_names() -> tuple[str, ...]:
+    """Return this host's names: the ones Apache gives a site without ServerName."""
+    return tuple(dict.fromkeys((socket.getfqdn().lower(), socket.gethostname().lower())))
+
+
 def default_route_address(family: socket.AddressFamily = socket.AF_INET) -> str:
     """Return this host's source address on its default route, or '' when it has none."""
     try:

@@ -265,15 +265,21 @@ def sqlite_holds_data(path: Path) -> bool:
     aside what could not be checked.
     """
     try:
-        owner = path.lstat().st_uid
-        user = None if owner == os.geteuid() else pwd.getpwuid(owner).pw_name
-        output = run(
-            [sys.executable, "-c", SQLITE_PROBE, str(path), *DATA_TABLES],
-            user=user, timeout=60,
-        ).stdout
-        return int(output.strip()) != 0
+        return int(probe_sqlite_as_owner(path, SQLITE_PROBE, *DATA_TABLES)) != 0
     except (CommandError, OSError, KeyError, ValueError):
         return True
+
+
+def probe_sqlite_as_owner(path: Path, probe: str, *arguments: str) -> str:
+    """Run a Python probe on a SQLite file as the file's owner; return what it printed.
+
+    Whatever SQLite writes beside a live database (-shm) then stays its owner's. Raise
+    CommandError when the probe fails, OSError or KeyError when the owner cannot be found.
+    """
+    owner = path.lstat().st_uid
+    user = None if owner == os.geteuid() else pwd.getpwuid(owner).pw_name
+    return run([sys.executable, "-c", probe, str(path), *arguments],
+               user=user, timeout=60).stdout.strip()
 
 
 def stop_synapse() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from matrix_stack.errors import CommandError, MatrixStackError, ValidationError
 from matrix_stack.files import create_exclusive, host_path, lookup_ids
+from matrix_stack.host import host_names
 from matrix_stack.paths import (
     APACHE_MODS_ENABLED,
     APACHE_MODULES_RECORD,
@@ -165,7 +165,7 @@ def _default_site_shadows(settings: Settings) -> bool:
     if _a2query("-s", DEFAULT_SITE) != 0:
         return False
     site = Path("/etc/apache2/sites-available") / f"{DEFAULT_SITE}.conf"
-    hostnames = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    hostnames = set(host_names())
     return is_stock_conffile("apache2", site) and bool(hostnames & set(settings.certificate_names))
 
 

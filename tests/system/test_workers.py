@@ -194,7 +194,7 @@ def test_workers_serve_sync_media_and_survive_a_killed_worker(workers_stack: Con
     assert worker_units(ct) == []
     settings = ct.read_file("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
     assert "enable_media_repo" not in settings and "instance_map" not in settings
-    assert "workers: sync=2" in ct.read_file("/etc/matrix-stack/stack.yaml")
+    assert re.search(r"^workers: .?sync=2,", ct.read_file("/etc/matrix-stack/stack.yaml"), re.M)
     wait_for(lambda: http_request("GET", "127.0.0.1", 8008,
                                   "/_matrix/client/versions").status == 200,
              timeout=120, what="Synapse on 127.0.0.1:8008 after apt remove")

@@ -2,7 +2,9 @@
 
 The proxy terminates TLS on 443 (client API, /.well-known/matrix, Element) and 8448
 (federation) and forwards plain HTTP to Apache, which matrix-stack/behind-proxy makes listen
-on port 80 for the proxy's addresses only.
+on port 80 for the proxy's addresses only. With matrix-stack/workers, a proxy on this host
+sends the workers' endpoints (worker_routes.py) to them itself: they listen on loopback only,
+so a proxy elsewhere leaves that to Apache.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from matrix_stack.errors import UsageError
 from matrix_stack.settings import Settings
+from matrix_stack.workers import Worker
 
 PROXIES = ("traefik", "haproxy")
 TEMPLATES = {"traefik": "proxy-traefik.yaml.j2", "haproxy": "proxy-haproxy.cfg.j2"}
@@ -30,7 +34,11 @@ def add_commands(commands: Any) -> None:
         "proxy terminates TLS with HTTP/2 on 443 (client API, /.well-known/matrix, Element) "
         "and 8448 (federation), sets X-Forwarded-For and X-Forwarded-Proto, passes the Host "
         "header and encoded paths (%2F) on unchanged, and forwards to Apache's plain HTTP "
-        "port 80.",
+        "port 80. With matrix-stack/workers on and the proxy on this host (a loopback "
+        "backend), the proxy sends the workers' endpoints to them itself: HAProxy keeps each "
+        "user's syncs on one sync worker (a hash of the access token's user); Traefik, which "
+        "cannot hash on a header, leaves two sync workers or more to Apache. A proxy "
+        "elsewhere cannot reach the workers (they listen on loopback): Apache routes to them.",
         epilog="Answer matrix-stack/behind-proxy with yes, and list the proxy's address in "
         "proxy_addresses of /etc/matrix-stack/stack.yaml: Apache serves that address only "
         "and trusts X-Forwarded-For from it alone.",
@@ -84,13 +92,64 @@ def check_backend(value: str) -> str:
     return f"{host}:{int(port)}"
 
 
-def render_proxy_config(settings: Settings, proxy: str, backend: str) -> str:
-    """Return the proxy's configuration text for this stack."""
+@dataclass(frozen=True)
+class WorkerBackend:
+    """The workers of one kind, as the proxy reaches them, and the paths they serve."""
+
+    kind: str
+    patterns: tuple[str, ...]
+    servers: tuple[tuple[str, int], ...]  # worker name, loopback port
+
+    @property
+    def name(self) -> str:
+        return f"synapse-{self.kind}"
+
+    @property
+    def path_regexp(self) -> str:
+        return "|".join(self.patterns)
+
+
+def on_this_host(backend: str) -> bool:
+    """Return whether the proxy reaches Apache on loopback, so runs on this host."""
+    host = backend.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def worker_backends(workers: tuple[Worker, ...], backend: str) -> list[WorkerBackend]:
+    """Return the workers the proxy sends requests to itself: none for a proxy elsewhere."""
+    from matrix_stack.worker_routes import ROUTES_OF_KIND
+    from matrix_stack.workers import of_kind
+
+    if not on_this_host(backend):
+        return []
+    backends = []
+    for kind, patterns in ROUTES_OF_KIND.items():
+        servers = tuple((worker.name, worker.port) for worker in of_kind(workers, kind))
+        if servers:
+            backends.append(WorkerBackend(kind, patterns, servers))
+    return backends
+
+
+def sticky_sync(entry: WorkerBackend) -> bool:
+    """Return whether entry is sync shared by several workers (each user's on one of them)."""
+    return entry.kind == "sync" and len(entry.servers) > 1
+
+
+def render_proxy_config(
+    settings: Settings, proxy: str, backend: str, workers: tuple[Worker, ...] = ()
+) -> str:
+    """Return the proxy's configuration text for this stack (workers: the layout's)."""
     import jinja2
 
     from matrix_stack.render import TEMPLATES_DIR
 
     names = list(dict.fromkeys((settings.server_name, settings.element_domain)))
+    backends = worker_backends(workers, backend)
     hosts = " || ".join(f"Host(`{name}`)" for name in names)
     context = {
         "s": settings,
@@ -98,6 +157,11 @@ def render_proxy_config(settings: Settings, proxy: str, backend: str) -> str:
         "names": names,
         "client_rule": hosts,
         "federation_rule": f"Host(`{settings.server_name}`) && PathPrefix(`/_matrix`)",
+        "workers": workers,
+        "worker_backends": backends,
+        # Traefik cannot hash on a header: two sync workers or more stay behind Apache's hash.
+        "traefik_backends": [entry for entry in backends if not sticky_sync(entry)],
+        "sync_via_apache": any(sticky_sync(entry) for entry in backends),
     }
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
@@ -112,7 +176,10 @@ def run_proxy_config(arguments: argparse.Namespace) -> int:
     settings = current_settings()
     backend = check_backend(arguments.backend) if arguments.backend else default_backend(
         settings)
-    print(render_proxy_config(settings, arguments.proxy, backend), end="")
+    from matrix_stack.cli_workers import current_workers
+
+    workers, _cores = current_workers(settings)
+    print(render_proxy_config(settings, arguments.proxy, backend, workers), end="")
     if not settings.behind_proxy:
         print("warning: Apache still serves TLS itself; answer yes to matrix-stack/behind-proxy "
               "(dpkg-reconfigure matrix-stack) so that it serves this proxy on port 80",

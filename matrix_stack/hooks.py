@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from matrix_stack import adopt, answers, secrets
@@ -146,6 +146,28 @@ def store_mail_password(
         )
 
 
+def leave_monolith(root: Path = Path("/"), system: System | None = None) -> list[str]:
+    """Before the package goes (remove, not purge): put Synapse back to one process.
+
+    The workers' units and their Valkey/Redis instance leave with the package, so the main
+    process must again do what they did (media, federation sending, background tasks): apply
+    renders the same choices with workers off, restarts it, then stops the workers. stack.yaml
+    keeps the admin's answer, so installing again brings the workers back.
+    """
+    from matrix_stack.stack import current_settings
+    from matrix_stack.workers import OFF
+
+    if not host_path(STACK_PATH, root).exists():
+        return []
+    settings = current_settings(root)
+    if settings.workers == OFF:
+        return []
+    report = apply(replace(settings, workers=OFF), root=root, database_ready=True,
+                   system=system)
+    return ["workers: Synapse runs as one process again (stack.yaml keeps workers: "
+            f"{settings.workers} for a later install)", *report.lines()]
+
+
 def bootstrap(debconf: answers.DebconfLike, server_name: str) -> list[str]:
     """Create the administrator asked for, then forget its password (always)."""
     from matrix_stack.bootstrap import bootstrap_admin
@@ -162,8 +184,10 @@ def bootstrap(debconf: answers.DebconfLike, server_name: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["remove"]:
+        return run_remove()
     if arguments[:1] != ["configure"]:
-        print(f"usage: {PROGRAM} hook configure", file=sys.stderr)
+        print(f"usage: {PROGRAM} hook configure|remove", file=sys.stderr)
         return 2
     import debconf
 
@@ -216,6 +240,21 @@ def run_configure(
         session.set(ADMIN_PASSWORD_QUESTION, "")
         session.set(answers.DATABASE_PASSWORD_QUESTION, "")
         session.set(answers.MAIL_PASSWORD_QUESTION, "")
+    return 0
+
+
+def run_remove(root: Path = Path("/"), system: System | None = None) -> int:
+    """Leave a monolith-valid configuration, report on stderr; return the exit code."""
+    try:
+        lines = leave_monolith(root, system)
+    except MatrixStackError as error:
+        print(f"{PROGRAM}: {error}; Synapse's main process may still leave media and "
+              "federation sending to the workers: install matrix-stack again, answer off to "
+              "matrix-stack/workers (dpkg-reconfigure matrix-stack), then remove it",
+              file=sys.stderr)
+        return 1
+    for line in lines:
+        print(f"{PROGRAM}: {line}", file=sys.stderr)
     return 0
 
 

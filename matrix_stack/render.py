@@ -31,7 +31,12 @@ from matrix_stack.secrets import (
 )
 from matrix_stack.settings import FederationMode, RegistrationMode, Settings
 from matrix_stack.tls import certificate_paths
-from matrix_stack.worker_routes import ROUTES_OF_KIND, apache_pattern
+from matrix_stack.worker_routes import (
+    ROUTES_OF_KIND,
+    apache_pattern,
+    hex_partitions,
+    sync_pattern,
+)
 from matrix_stack.workers import (
     KEY_VALUE_INSTANCE,
     KEY_VALUE_PORT,
@@ -168,9 +173,12 @@ def worker_context(workers: tuple[Worker, ...], kv: KeyValueServer) -> dict[str,
     """Return what the templates need to know of the workers (nothing when there are none)."""
     balancers = []
     routes = []
+    sync_ports = [worker.port for worker in of_kind(workers, "sync")]
+    # Two sync workers or more: mod_rewrite sends each user's syncs to one of them.
+    sticky = len(sync_ports) > 1
     for kind, patterns in ROUTES_OF_KIND.items():
         ports = [worker.port for worker in of_kind(workers, kind)]
-        if ports:
+        if ports and not (kind == "sync" and sticky):
             balancers.append((f"synapse-{kind}", ports))
             routes += [(apache_pattern(pattern), f"synapse-{kind}") for pattern in patterns]
     background = of_kind(workers, "background")
@@ -187,6 +195,9 @@ def worker_context(workers: tuple[Worker, ...], kv: KeyValueServer) -> dict[str,
         "background": background[0].name if background else "",
         "worker_balancers": balancers,
         "worker_routes": routes,
+        "sync_pattern": sync_pattern() if sticky else "",
+        "sync_partitions": list(zip(hex_partitions(len(sync_ports)), sync_ports, strict=True))
+        if sticky else [],
     }
 
 

@@ -9,6 +9,8 @@ proxied from outside).
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 SYNC = (
     r"^/_matrix/client/(r0|v3)/sync$",
     r"^/_matrix/client/(api/v1|r0|v3)/events$",
@@ -125,3 +127,33 @@ def apache_pattern(pattern: str) -> str:
     becoming '#'). So a final $ also admits a query string.
     """
     return pattern[:-1] + r"(\?|$)" if pattern.endswith("$") else pattern
+
+
+# /sync sticky by user, as Synapse's docs/workers.md advises under "Load balancing" (a sync
+# worker's caches then hold its users' rooms): its key is the localpart in a syt_ access token,
+# else the whole token, from the Authorization header, else from the access_token parameter.
+# The proxy hashes the key; for Apache, the first hex digit of its MD5 sum picks the worker.
+HEX_DIGITS = "0123456789abcdef"
+
+
+def sync_pattern() -> str:
+    """Return one expression matching every sync path (a path without its query string)."""
+    return "|".join(SYNC)
+
+
+def hex_partitions(count: int) -> tuple[str, ...]:
+    """Return, for count workers, the regex character class of first hex digits each takes:
+    contiguous runs, their sizes differing by one at most, together every digit once."""
+    if not 0 < count <= len(HEX_DIGITS):
+        raise ValueError(f"cannot share {len(HEX_DIGITS)} hex digits among {count} workers")
+    bounds = [index * len(HEX_DIGITS) // count for index in range(count + 1)]
+    return tuple(_hex_class(HEX_DIGITS[start:end]) for start, end in pairwise(bounds))
+
+
+def _hex_class(digits: str) -> str:
+    """Return a character class for a run of hex digits, ranges never spanning 9 to a."""
+    runs = [run for run in (
+        "".join(digit for digit in digits if digit.isdigit()),
+        "".join(digit for digit in digits if not digit.isdigit()),
+    ) if run]
+    return "[" + "".join(run if len(run) < 3 else f"{run[0]}-{run[-1]}" for run in runs) + "]"

@@ -4,11 +4,15 @@ matrix-synapse-py3 only (Debian's matrix-synapse lacks txredisapi: refused there
 Users log in, send and sync through Apache on 443; each worker's journal shows what it
 served (sync on the sync worker, an upload on the media worker); a killed worker is restarted
 by systemd and a message sent meanwhile reaches the other user; switching workers off again
-keeps every account and message.
+keeps every account and message. Then two sync workers (auto gives one below eight cores):
+each user's syncs stay on one of them, two users' on different ones. Last, apt remove leaves
+Synapse one process that serves everything again, media included.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 import urllib.parse
@@ -18,9 +22,10 @@ from typing import Any
 
 import pytest
 
+from matrix_stack.worker_routes import hex_partitions
 from tests.system import stack
 from tests.system.stack import SERVER, add_user, apt_install, install, preseed
-from tests.system.testbed import Container, Target, wait_for
+from tests.system.testbed import Container, Target, http_request, wait_for
 
 pytestmark = [pytest.mark.system]
 
@@ -165,3 +170,49 @@ def test_workers_serve_sync_media_and_survive_a_killed_worker(workers_stack: Con
     media = stack.https(ct, f"/_matrix/client/v1/media/download/{SERVER}/{media_id}",
                         headers={"Authorization": f"Bearer {bob}"})
     assert (media.status, media.body) == (200, b"some media")
+
+    # Two sync workers: Apache keeps each user's syncs on one (the MD5 of the localpart in
+    # the syt_ token: [0-7] sync1, [89a-f] sync2); alice's and bob's fall on different ones.
+    assert [sync_worker(user, 2) for user in ("alice", "bob")] == ["sync2", "sync1"]
+    stack.set_stack_value(ct, "workers", "'sync=2,client=1,federation-sender=1,media=1'")
+    ct.run(["matrix-stack-admin", "apply"], timeout=600)
+    stack.wait_for_client_api(ct)
+    wait_for(lambda: len(worker_units(ct)) == 5, timeout=120, what="five workers active")
+    alice, bob = login(ct, "alice", "alice-pw"), login(ct, "bob", "bob-pw")
+    for _ in range(3):
+        for token in (alice, bob, login(ct, "alice", "alice-pw")):
+            sync(ct, token)
+    for user, worker, other in (("alice", "sync2", "sync1"), ("bob", "sync1", "sync2")):
+        assert re.search(rf"{{@{user}:[^}}]+}}.*GET /_matrix/client/v3/sync\?",
+                         journal(ct, f"matrix-synapse-worker@{worker}")), (user, worker)
+        assert not re.search(rf"{{@{user}:[^}}]+}}.*GET /_matrix/client/v3/sync\?",
+                             journal(ct, f"matrix-synapse-worker@{other}")), (user, other)
+
+    # apt remove (not purge): Synapse is one process again and serves media itself.
+    removed = ct.run([*stack.APT, "remove", "matrix-stack"], check=False, timeout=600)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert worker_units(ct) == []
+    settings = ct.read_file("/etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
+    assert "enable_media_repo" not in settings and "instance_map" not in settings
+    assert re.search(r"^workers: .?sync=2,", ct.read_file("/etc/matrix-stack/stack.yaml"), re.M)
+    wait_for(lambda: http_request("GET", "127.0.0.1", 8008,
+                                  "/_matrix/client/versions").status == 200,
+             timeout=120, what="Synapse on 127.0.0.1:8008 after apt remove")
+    bob = stack.login("bob", "bob-pw")
+    auth = {"Authorization": f"Bearer {bob}"}
+    media = http_request("GET", "127.0.0.1", 8008,
+                         f"/_matrix/client/v1/media/download/{SERVER}/{media_id}", headers=auth)
+    assert (media.status, media.body) == (200, b"some media")
+    upload = http_request("POST", "127.0.0.1", 8008, "/_matrix/media/v3/upload?filename=b.txt",
+                          headers={**auth, "Content-Type": "text/plain"}, body=b"after remove")
+    assert upload.status == 200, upload.text
+
+
+def sync_worker(user: str, count: int) -> str:
+    """Return the sync worker Apache's rules pick, of count, for a user's syt_ tokens (Synapse
+    puts the localpart in them as unpadded URL-safe base64)."""
+    key = base64.urlsafe_b64encode(user.encode()).decode().rstrip("=")
+    digit = hashlib.md5(key.encode()).hexdigest()[0]
+    index = next(index for index, digits in enumerate(hex_partitions(count))
+                 if re.fullmatch(digits, digit))
+    return f"sync{index + 1}"

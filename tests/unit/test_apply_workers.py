@@ -1,17 +1,27 @@
 """apply with matrix-stack/workers, into a temporary root: the worker and Valkey files, which
-units restart in which order, and switching workers off again (files removed, units stopped)."""
+units restart in which order, and switching workers off again (files removed, units stopped),
+as the package's removal does."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from matrix_stack.apply import apply
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.files import UcfState
+from matrix_stack.hooks import leave_monolith
+from matrix_stack.stack import current_settings, write_stack
 from matrix_stack.system import in_order
-from tests.unit.helpers import FakeSystem, SynapseCheck, make_settings, needs_root_for_ucf
+from tests.unit.helpers import (
+    BASE_STACK,
+    FakeSystem,
+    SynapseCheck,
+    make_settings,
+    needs_root_for_ucf,
+)
 
 LAYOUT = "sync=2,media=1"
 WORKER_FILES = ["etc/matrix-synapse/workers/media1.yaml", "etc/matrix-synapse/workers/sync1.yaml",
@@ -121,3 +131,34 @@ def test_apply_refused_workers_writes_nothing(tmp_path: Path) -> None:
 
     assert not (tmp_path / "etc/matrix-synapse").exists()
     assert system.calls == [("check_workers", LAYOUT)]
+
+
+@needs_root_for_ucf
+def test_removing_the_package_with_workers_leaves_synapse_one_process(tmp_path: Path) -> None:
+    write_stack({**BASE_STACK, "database": "postgresql", "workers": LAYOUT}, tmp_path)
+    apply_workers(tmp_path, LAYOUT, FakeSystem())
+    system = FakeSystem(worker_units_seen=True)
+
+    lines = leave_monolith(tmp_path, system)
+
+    config = yaml.safe_load((tmp_path / "etc/matrix-synapse/conf.d/50-matrix-stack.yaml")
+                            .read_text(encoding="utf-8"))
+    assert not {"enable_media_repo", "send_federation", "instance_map", "redis",
+                "media_instance_running_background_jobs"} & set(config)
+    assert worker_files(tmp_path) == []
+    restart = next(call for call in system.calls if call[0] == "restart")
+    assert restart[1:] == ("matrix-synapse", "apache2")
+    assert ("stop_workers",) in system.calls
+    assert lines[0].startswith(f"workers: Synapse runs as one process again (stack.yaml keeps "
+                               f"workers: {LAYOUT}")
+    # The admin's answer stays for a later install.
+    assert current_settings(tmp_path).workers == LAYOUT
+
+
+def test_removing_the_package_without_workers_changes_nothing(tmp_path: Path) -> None:
+    write_stack({**BASE_STACK}, tmp_path)
+    system = FakeSystem()
+
+    assert leave_monolith(tmp_path, system) == []
+    assert leave_monolith(tmp_path / "never-configured", system) == []
+    assert system.calls == []

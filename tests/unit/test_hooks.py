@@ -22,12 +22,12 @@ from matrix_stack.stack import read_stack, write_stack
 from tests.unit.helpers import BASE_STACK, Answers, FakeSystem, files_and_modes
 
 
-@pytest.mark.parametrize("argv", [[], ["remove"], ["Configure"]])
-def test_main_without_configure_exits_2_with_usage(
+@pytest.mark.parametrize("argv", [[], ["purge"], ["Configure"]])
+def test_main_without_configure_or_remove_exits_2_with_usage(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(argv) == 2
-    assert capsys.readouterr().err == "usage: matrix-stack hook configure\n"
+    assert capsys.readouterr().err == "usage: matrix-stack hook configure|remove\n"
 
 
 REMOTE = from_mapping({"server_name": "example.org", "database": "postgresql",

@@ -107,10 +107,9 @@ def test_render_apache_routes_workers_before_the_main_process_in_every_vhost() -
     assert [port for port, _ in proxied] == ["443", "8448"]
     for _port, body in proxied:
         assert body.index("ProxyPassMatch") < body.index("ProxyPass /_matrix")
-        assert 'BalancerMember "http://127.0.0.1:8110"' in body
-        assert 'BalancerMember "http://127.0.0.1:8111"' in body
-        assert ('ProxyPassMatch "^/_matrix/client/(r0|v3)/sync(\\?|$)" '
-                '"balancer://synapse-sync" nocanon') in body
+        assert 'BalancerMember "http://127.0.0.1:8130"' in body
+        # Two sync workers: sticky by user through mod_rewrite (test_sync_sticky.py).
+        assert "RewriteRule ^/_matrix/.* http://127.0.0.1:8111$0 [P]" in body
         assert 'ProxyPassMatch "^/_matrix/media/" "balancer://synapse-media" nocanon' in body
         assert ('ProxyPassMatch "^/_matrix/federation/v1/send/" '
                 '"balancer://synapse-federation-reader" nocanon') in body

@@ -64,14 +64,14 @@ LOAD_CPU: list[str] = []
 def pin(container: Container) -> None:
     """Pin every Synapse thread to CPU 0 and every Apache process and thread to CPU 1."""
     container.run(["sh", "-c", "for pid in $(pgrep -f synapse.app.homeserver); do "
-                   "taskset -a -cp 0 $pid; done; for pid in $(pgrep apache2); do "
+                   "taskset -a -cp 0 $pid; done; for pid in $(pgrep apache2) $(pgrep nginx); do "
                    "taskset -a -cp 1 $pid; done"])
     LOAD_CPU[:] = ["taskset", "-c", "1"]
 
 
 def unpin(container: Container) -> None:
     container.run(["sh", "-c", "for pid in $(pgrep -f synapse.app.homeserver) "
-                   "$(pgrep apache2); do taskset -a -cp 0,1 $pid; done"])
+                   "$(pgrep apache2) $(pgrep nginx); do taskset -a -cp 0,1 $pid; done"])
     LOAD_CPU[:] = []
 
 
@@ -113,23 +113,62 @@ def medians(runs: list[tuple[float, float, float]]) -> tuple[float, float, float
     return p50, p99, rate
 
 
+# nginx beside Apache, for comparison only (never in the package): Debian's nginx on 8443 of
+# the same stack, the same certificate, HTTP/2 and kept-alive connections to Synapse.
+NGINX_PORT = 8443
+NGINX_SITE = """upstream synapse {{ server 127.0.0.1:8008; keepalive 32; }}
+server {{
+    listen {port} ssl;
+    http2 on;
+    server_name {server};
+    ssl_certificate {certificate};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location /_matrix {{
+        proxy_pass http://synapse;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto https;
+    }}
+}}
+"""
+
+
+def start_nginx(container: Container) -> None:
+    """Install Debian's nginx in the stack and serve Synapse on NGINX_PORT with its certificate."""
+    stack.apt_install(container, "nginx")
+    site = container.read_file("/etc/apache2/sites-available/matrix-stack.conf")
+    certificate, key = (next(line.split()[1] for line in site.splitlines()
+                             if line.strip().startswith(directive))
+                        for directive in ("SSLCertificateFile", "SSLCertificateKeyFile"))
+    container.write_file("/etc/nginx/sites-enabled/default", NGINX_SITE.format(
+        port=NGINX_PORT, server=SERVER, certificate=certificate, key=key))
+    container.run(["systemctl", "restart", "nginx"])
+
+
 def api_table(token: str, layout: str) -> None:
     print(f"API latency and throughput, {layout} (median of {ROUNDS} interleaved rounds of "
           f"{SECONDS} s; ms; req/s):")
     for name, path, auth in (("versions", "/_matrix/client/versions", None),
                              ("sync (50 messages)", "/_matrix/client/v3/sync", token)):
         for connections in (1, 32):
-            rounds: list[list[tuple[float, float, float]]] = [[], [], []]
-            for _ in range(ROUNDS):  # interleaved, so that drift of the machine hits all three
+            rounds: list[list[tuple[float, float, float]]] = [[], [], [], []]
+            for _ in range(ROUNDS):  # interleaved, so that drift of the machine hits all four
                 rounds[0].append(wrk(f"{DIRECT}{path}", connections, auth))
                 rounds[1].append(wrk(f"https://{SERVER}{path}", connections, auth))
                 rounds[2].append(h2load(f"https://{SERVER}{path}", connections, auth))
-            direct, apache, h2 = (medians(runs) for runs in rounds)
+                rounds[3].append(wrk(f"https://{SERVER}:{NGINX_PORT}{path}", connections, auth))
+            direct, apache, h2, nginx = (medians(runs) for runs in rounds)
             print(f"  {name:18} c={connections:<2} direct p50 {direct[0]:7.2f} p99 {direct[1]:7.2f}"
                   f" {direct[2]:7.0f}/s | apache h1 p50 {apache[0]:7.2f} p99 {apache[1]:7.2f}"
                   f" {apache[2]:7.0f}/s | apache h2 p50 {h2[0]:7.2f} p99 {h2[1]:7.2f}"
-                  f" {h2[2]:7.0f}/s | h1 p50 {100 * apache[0] / direct[0] - 100:+.0f}%,"
-                  f" h1 rate {100 * apache[2] / direct[2]:.0f}% of direct,"
+                  f" {h2[2]:7.0f}/s | nginx h1 p50 {nginx[0]:7.2f} p99 {nginx[1]:7.2f}"
+                  f" {nginx[2]:7.0f}/s")
+            print(f"  {'':18}      added to direct p50: apache {apache[0] - direct[0]:+.2f} ms, "
+                  f"nginx {nginx[0] - direct[0]:+.2f} ms; rate of direct: apache "
+                  f"{100 * apache[2] / direct[2]:.0f}%, nginx {100 * nginx[2] / direct[2]:.0f}%;"
                   f" spread of direct rate {min(r[2] for r in rounds[0]):.0f}-"
                   f"{max(r[2] for r in rounds[0]):.0f}/s")
     # The floor of any answer through Apache: TLS and one request, no proxy (a static file).
@@ -206,6 +245,7 @@ def main() -> int:
         stack.install(container, deb)
         stack.wait_for_client_api(container)
         token = prepare_room(container)
+        start_nginx(container)
         mirror_dir = Path(scratch)
         (mirror_dir / "key.asc").write_bytes(key.public())
         with serving(mirror_dir) as mirror, stack.host_resolves(SERVER, ELEMENT):

@@ -33,9 +33,10 @@ def _port_open(port: int) -> bool:
 
 def test_boot_run_http_and_cleanup(container_factory: ContainerFactory, tmp_path: Path) -> None:
     started = time.monotonic()
+    ct = container_factory(name="testbed", hostname=FQDN)
+    ct.take_host_network()  # another run's container may hold the ports until then
     assert not _port_open(80), "something on the host already listens on :80"
 
-    ct = container_factory(name="testbed", hostname=FQDN)
     root, directory = ct.root, ct.dir
     assert directory.is_dir() and (root / "etc/os-release").is_file()
     assert ct.read_file("/etc/hostname").strip() == FQDN

@@ -790,7 +790,7 @@ class Container:
                     f"{others[0].machine} already runs on the host network; only one "
                     "host-network container may run at a time (ports 80/443/8448/3478)"
                 )
-            self._take_host_network()
+            self.take_host_network()
         argv = [
             "systemd-nspawn",
             "-q",
@@ -903,8 +903,11 @@ class Container:
             self._console.close()
             self._console = None
 
-    def _take_host_network(self) -> None:
-        """Wait until no other process's container holds the host's ports (a file lock)."""
+    def take_host_network(self) -> None:
+        """Wait until no other process's container holds the host's ports (a file lock, held
+        until close; boot takes it, a test may take it before to look at the ports first)."""
+        if self._host_lock is not None:
+            return
         HOST_NETWORK_LOCK.parent.mkdir(parents=True, exist_ok=True)
         self._host_lock = open(HOST_NETWORK_LOCK, "a")  # noqa: SIM115 - held until close()
         try:

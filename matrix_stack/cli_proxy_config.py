@@ -8,12 +8,17 @@ on port 80 for the proxy's addresses only.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
-from typing import Any
 
 from matrix_stack.errors import UsageError
-from matrix_stack.settings import Settings
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from matrix_stack.settings import Settings
 
 PROXIES = ("traefik", "haproxy")
 TEMPLATES = {"traefik": "proxy-traefik.yaml.j2", "haproxy": "proxy-haproxy.cfg.j2"}
@@ -47,6 +52,8 @@ def add_commands(commands: Any) -> None:
 
 def default_backend(settings: Settings) -> str:
     """Return where the proxy reaches Apache: loopback for a proxy on this host, else ours."""
+    import ipaddress
+
     from matrix_stack.host import default_route_address
 
     networks = [ipaddress.ip_network(address) for address in settings.proxy_addresses]
@@ -61,6 +68,8 @@ def default_backend(settings: Settings) -> str:
 
 def check_backend(value: str) -> str:
     """Return HOST:PORT (port 80 when omitted; IPv6 in brackets), or raise UsageError."""
+    import ipaddress
+
     from matrix_stack.settings import check_dns_name
 
     text = value.strip()

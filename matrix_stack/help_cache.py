@@ -41,15 +41,19 @@ def terminal_columns() -> int:
 
 def help_key(columns: int, sources: Sequence[str]) -> str:
     """Return one line naming everything the help text depends on; '' when it cannot tell."""
-    try:
-        files = [os.stat(path) for path in
-                 (os.path.join(os.path.dirname(os.__file__), "argparse.py"), *sources)]
-    except OSError:
-        return ""
+    import zlib  # built in
+
+    checksums = []
+    # By content: a package's files all have the same time (SOURCE_DATE_EPOCH).
+    for path in (os.path.join(os.path.dirname(os.__file__), "argparse.py"), *sources):
+        try:
+            with open(path, "rb") as stream:
+                checksums.append(zlib.crc32(stream.read()))
+        except OSError:
+            return ""
     return repr((
         sys.version, sys.flags.ignore_environment, columns, os.isatty(1),
-        [os.environ.get(name) for name in ENVIRONMENT],
-        [(path.st_size, path.st_mtime_ns, path.st_ino) for path in files],
+        [os.environ.get(name) for name in ENVIRONMENT], checksums,
     ))
 
 

@@ -172,15 +172,19 @@ def test_cached_help_is_argparses_own_and_printed_without_argparse(tmp_path: Pat
 def test_help_key_changes_with_the_width_and_the_modules_making_the_parser(
     tmp_path: Path,
 ) -> None:
+    import os
+
     from matrix_stack.help_cache import help_key
 
     module = tmp_path / "cli.py"
     module.write_text("x = 1\n")
+    os.utime(module, ns=(0, 0))
     before = help_key(80, [str(module)])
     assert before == help_key(80, [str(module)])
     assert before != help_key(100, [str(module)])
-    module.write_text("x = 22\n")
-    assert help_key(80, [str(module)]) != before
+    module.write_text("x = 2\n")
+    os.utime(module, ns=(0, 0))
+    assert help_key(80, [str(module)]) != before, "the same size and time, another text"
     assert help_key(80, [str(tmp_path / "missing.py")]) == "", "no key, no cache"
 
 

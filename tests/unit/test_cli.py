@@ -221,3 +221,9 @@ def test_the_user_name_cache_is_root_only_and_follows_changes(tmp_path: Path) ->
     user_names.update(add="zoe", path=cache)
     user_names.update(remove="bob", path=cache)
     assert user_names.read(cache) == {"alice", "zoe"}
+
+
+def test_the_help_cache_lies_where_purge_removes_it() -> None:
+    from matrix_stack import help_cache, paths
+
+    assert str(paths.STATE_DIR) == help_cache.STATE_DIR

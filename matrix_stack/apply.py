@@ -9,7 +9,6 @@ meanwhile is restarted on the old files, and one line says what state that leave
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,8 +358,3 @@ def stale_worker_files(root: Path, ucf: UcfState, rendered: list[Path]) -> list[
     return [path for path in candidates if path not in rendered
             and files.host_path(path, root).exists() and ucf.registered_md5(path) is not None]
 
-
-def ensure_root() -> None:
-    """Refuse to run as anyone but root (the files and services are root's)."""
-    if os.geteuid() != 0:
-        raise MatrixStackError("this needs root: run it as root")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from collections.abc import Sequence
 
 from matrix_stack import __version__
 from matrix_stack.errors import MatrixStackError
+
+# Start-up is most of what a command costs, so modules import only what they need at the top:
+# typing, dataclasses, pathlib, json, urllib and the like cost milliseconds each. Names needed
+# only for type checking sit under "TYPE_CHECKING = False" (importing typing for its own
+# TYPE_CHECKING would cost what it saves), the rest inside the functions that use them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 PROGRAM = "matrix-stack-admin"
 
@@ -50,7 +56,9 @@ def selected_command(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Return the parser: every command in full, or (given argv) only the one being run."""
-    parser = argparse.ArgumentParser(
+    from matrix_stack.argument_parser import ArgumentParser
+
+    parser = ArgumentParser(
         prog=PROGRAM,
         description="Administer the Matrix stack set up by the matrix-stack package.",
         epilog="Exit status: 0 success, 1 the operation failed, 2 usage error.",
@@ -77,14 +85,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     wanted = None if argv is None else selected_command(argv)
     for name, (module, summary) in COMMANDS.items():
         if argv is None or name == wanted:
-            importlib.import_module(f"matrix_stack.{module}").add_commands(commands)
+            __import__(f"matrix_stack.{module}", fromlist=["add_commands"]).add_commands(commands)
         else:
             commands.add_parser(name, help=summary)
     return parser
 
 
 def run_apply(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import apply, diff, ensure_root
+    from matrix_stack.apply import apply, diff
+    from matrix_stack.errors import ensure_root
     from matrix_stack.stack import current_settings
 
     ensure_root()
@@ -105,6 +114,14 @@ def run_apply(arguments: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments_given = sys.argv[1:] if argv is None else list(argv)
+    if arguments_given in (["--help"], ["-h"]):
+        from matrix_stack import help_cache
+
+        here = __file__.rpartition("/")[0]
+        help_cache.print_help(
+            help_cache.terminal_columns(), (__file__, f"{here}/argument_parser.py"),
+            lambda: build_parser(arguments_given).format_help(),
+        )
     parser = build_parser(arguments_given)
     arguments = parser.parse_args(arguments_given)
     try:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 SUMMARY = "take over a server set up by hand with the recipe (--dry-run: say what first)"
 
@@ -36,8 +39,7 @@ def add_commands(commands: Any) -> None:
 
 def run_adopt(arguments: argparse.Namespace) -> int:
     from matrix_stack import adopt
-    from matrix_stack.apply import ensure_root
-    from matrix_stack.errors import MatrixStackError
+    from matrix_stack.errors import MatrixStackError, ensure_root
     from matrix_stack.paths import STACK_PATH
 
     managed = STACK_PATH.exists()

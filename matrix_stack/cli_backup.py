@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_commands(commands: Any) -> None:
     """Register the backup command on the top-level subparsers."""
+    from pathlib import Path
+
     backup = commands.add_parser(
         "backup",
         help="write one archive with Synapse's database, media, signing key and configuration",
@@ -46,9 +49,11 @@ def progress(line: str) -> None:
 
 
 def run_backup(arguments: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
     from matrix_stack import backup
-    from matrix_stack.apply import ensure_root
-    from matrix_stack.errors import UsageError
+    from matrix_stack.errors import UsageError, ensure_root
     from matrix_stack.stack import current_settings
 
     ensure_root()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from matrix_stack.errors import UsageError
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_commands(commands: Any) -> None:
@@ -75,8 +78,8 @@ def remote_password(password_file: str | None) -> str | None:
 
 
 def run_migrate(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import ensure_root
     from matrix_stack.db_migrate import migrate
+    from matrix_stack.errors import ensure_root
 
     ensure_root()
     remote = None

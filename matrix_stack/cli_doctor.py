@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from matrix_stack.checks import Check, Steps, exit_status, failures
 from matrix_stack.errors import MatrixStackError
-from matrix_stack.paths import SYNAPSE_DATA_DIR as MEDIA_PATH
 
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from matrix_stack.checks import Check
     from matrix_stack.settings import Settings
 
 CERTIFICATE_WARNING_DAYS = 14
@@ -51,6 +48,8 @@ def _run(argv: list[str]) -> Any:
 
 
 def check_services(settings: Settings) -> list[Check]:
+    from matrix_stack.checks import Check
+
     units = ["matrix-synapse", "apache2"] + (["coturn"] if settings.turn_enable else [])
     checks = []
     for unit in units:
@@ -61,6 +60,8 @@ def check_services(settings: Settings) -> list[Check]:
 
 
 def check_ports(settings: Settings) -> list[Check]:
+    from matrix_stack.checks import Check
+
     tcp = _run(["ss", "-Hltn"]).stdout
     udp = _run(["ss", "-Hlun"]).stdout
     wanted = [("tcp", "127.0.0.1:8008", "matrix-synapse")]
@@ -86,6 +87,8 @@ def check_ports(settings: Settings) -> list[Check]:
 
 def check_workers(settings: Settings) -> list[Check]:
     """Every worker: its unit active, answering /health, connected for replication."""
+    from matrix_stack.checks import Check
+
     if settings.workers == "off":
         return []
     from matrix_stack.cli_workers import current_workers, processes
@@ -99,6 +102,10 @@ def check_workers(settings: Settings) -> list[Check]:
 
 
 def check_certificate(settings: Settings) -> list[Check]:
+    import time
+    from pathlib import Path
+
+    from matrix_stack.checks import Check
     from matrix_stack.tls import certificate_paths
 
     paths = certificate_paths(settings)
@@ -123,6 +130,7 @@ def check_certificate(settings: Settings) -> list[Check]:
 
 def check_files(settings: Settings) -> list[Check]:
     from matrix_stack.apply import apply
+    from matrix_stack.checks import Check
     from matrix_stack.files import Outcome
 
     checks = []
@@ -143,6 +151,7 @@ def check_files(settings: Settings) -> list[Check]:
 
 
 def check_synapse() -> list[Check]:
+    from matrix_stack.checks import Check
     from matrix_stack.synapse_api import Synapse
 
     synapse = Synapse(timeout=10)
@@ -157,6 +166,8 @@ def check_synapse() -> list[Check]:
 
 def summarize(name: str, run: Callable[[], list[Check]]) -> list[Check]:
     """Run a test of several steps (the TURN test) and report it as one check."""
+    from matrix_stack.checks import Check, failures
+
     try:
         steps = run()
     except MatrixStackError as error:
@@ -167,6 +178,8 @@ def summarize(name: str, run: Callable[[], list[Check]]) -> list[Check]:
 
 
 def check_turn(settings: Settings) -> list[Check]:
+    from matrix_stack.checks import Steps
+
     if not settings.turn_enable:
         return []
     from matrix_stack.turn_check import coturn_running, run_checks
@@ -182,6 +195,7 @@ def check_turn(settings: Settings) -> list[Check]:
 
 def check_element(settings: Settings) -> list[Check]:
     from matrix_stack import element
+    from matrix_stack.checks import Check
 
     served = element.installed().current
     if served is None:
@@ -195,6 +209,12 @@ def check_element(settings: Settings) -> list[Check]:
 
 
 def check_disk() -> list[Check]:
+    import shutil
+    from pathlib import Path
+
+    from matrix_stack.checks import Check
+    from matrix_stack.paths import SYNAPSE_DATA_DIR as MEDIA_PATH
+
     usage = shutil.disk_usage(MEDIA_PATH if MEDIA_PATH.exists() else Path("/"))
     free = usage.free / 1024**3
     low = usage.free < FREE_SPACE_WARNING or usage.free < usage.total * 0.05
@@ -205,6 +225,7 @@ def check_disk() -> list[Check]:
 def check_database(settings: Settings) -> list[Check]:
     """The engine Synapse uses and its size, read from Synapse's own configuration."""
     from matrix_stack import backup, postgres
+    from matrix_stack.checks import Check
 
     if settings.remote_database:
         try:
@@ -225,7 +246,10 @@ def check_database(settings: Settings) -> list[Check]:
 
 def check_backup(settings: Settings, now: float | None = None) -> list[Check]:
     """The age of the last backup; a failure only when the daily timer is on and it is late."""
+    import time
+
     from matrix_stack import backup
+    from matrix_stack.checks import Check
 
     last = backup.last_backup()
     daily = settings.backup_schedule == "daily"
@@ -245,6 +269,8 @@ def check_backup(settings: Settings, now: float | None = None) -> list[Check]:
 
 def check_mail(settings: Settings, probe: Callable[[], str] | None = None) -> list[Check]:
     """The mail server Synapse sends through, reached as Synapse would (nothing is sent)."""
+    from matrix_stack.checks import Check
+
     checks = []
     if settings.registration == "open" and not settings.mail_on:
         checks.append(Check("registration", True, "open to anyone, without any verification "
@@ -267,7 +293,10 @@ def check_mail(settings: Settings, probe: Callable[[], str] | None = None) -> li
 
 
 def run_doctor(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import ensure_root
+    import json
+
+    from matrix_stack.checks import exit_status
+    from matrix_stack.errors import ensure_root
     from matrix_stack.stack import current_settings
 
     ensure_root()
@@ -295,6 +324,8 @@ def run_doctor(arguments: argparse.Namespace) -> int:
 
 def federation_checks(settings: Settings) -> list[Check]:
     """The federation self-check of this server, as another server would run it."""
+    from matrix_stack.checks import Check
+
     if settings.federation == "off":
         return [Check("federation", True, "off (matrix-stack/federation)")]
     from matrix_stack.checks import Status

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from matrix_stack.errors import MatrixStackError, UsageError
 
-if TYPE_CHECKING:  # imported when needed: the command line starts faster
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
     from matrix_stack.settings import Settings
 
 DOWNGRADE_HELP = (
@@ -81,12 +83,14 @@ def _downloader() -> Any:
     return Downloader(progress=Progress())
 
 
-def status_lines(settings: Settings, root: Path = Path("/")) -> list[str]:
+def status_lines(settings: Settings, root: Path | None = None) -> list[str]:
     """Return what element status prints: served, previous, configured."""
+    from pathlib import Path
+
     from matrix_stack import element
     from matrix_stack.element_download import latest_url
 
-    state = element.installed(root)
+    state = element.installed(root or Path("/"))
     served = (
         f"installed: Element {state.current}"
         if state.current
@@ -113,7 +117,7 @@ def run_status(arguments: argparse.Namespace) -> int:
 
 def run_fetch(arguments: argparse.Namespace) -> int:
     from matrix_stack import element
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
     from matrix_stack.settings import check_version
 
     # A SettingsError: a usage error, exit 2.
@@ -128,8 +132,10 @@ def run_fetch(arguments: argparse.Namespace) -> int:
 
 
 def run_install(arguments: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from matrix_stack import element
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
 
     tarball = Path(arguments.tarball)
     signature = Path(arguments.signature or f"{arguments.tarball}.asc")
@@ -145,7 +151,7 @@ def run_install(arguments: argparse.Namespace) -> int:
 
 def run_rollback(arguments: argparse.Namespace) -> int:
     from matrix_stack import element
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
 
     ensure_root()
     now, before = element.rollback()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import TYPE_CHECKING, Any
 
 from matrix_stack.errors import MatrixStackError
 
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from matrix_stack.settings import Settings
 
 MODES = ("allow-list", "open", "off")
@@ -112,6 +113,8 @@ def _settings() -> Settings:
 
 
 def run_list(arguments: argparse.Namespace) -> int:
+    import json
+
     from matrix_stack.federation import describe, describe_lines
 
     settings = _settings()
@@ -124,6 +127,8 @@ def run_list(arguments: argparse.Namespace) -> int:
 
 
 def run_key_servers(arguments: argparse.Namespace) -> int:
+    import json
+
     settings = _settings()
     names = list(settings.trusted_key_servers)
     if arguments.json:
@@ -137,7 +142,7 @@ def run_key_servers(arguments: argparse.Namespace) -> int:
 
 
 def _change(edit: Any) -> int:
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
     from matrix_stack.federation import change_stack
 
     ensure_root()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_commands(commands: Any) -> None:
@@ -30,7 +33,7 @@ def add_commands(commands: Any) -> None:
 
 
 def run_test(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
     from matrix_stack.mail import MailError, read_smtp_server, send_test
     from matrix_stack.settings import check_email
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
 from matrix_stack.errors import MatrixStackError
 from matrix_stack.user_args import (
@@ -14,6 +12,11 @@ from matrix_stack.user_args import (
     target_user,
 )
 from matrix_stack.user_names import existing_user_argument
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 
 def add_commands(commands: Any) -> None:
@@ -53,7 +56,7 @@ def _synapse_running() -> bool:
 
 
 def run_passwd(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
     from matrix_stack.passwords import read_new_password
     from matrix_stack.synapse_api import Synapse, admin_session
 
@@ -85,12 +88,15 @@ def run_passwd(arguments: argparse.Namespace) -> int:
 
 
 def _passwd_offline(
-    user: Any, password_file: str | None, running: bool, root: Path = Path("/")
+    user: Any, password_file: str | None, running: bool, root: Path | None = None
 ) -> int:
+    from pathlib import Path
+
     from matrix_stack.passwords import hash_password, password_settings, read_new_password
     from matrix_stack.synapse_config import read_merged_config
     from matrix_stack.synapse_db import reset_password_offline
 
+    root = root or Path("/")
     config = read_merged_config(root)
     settings = password_settings(config)
     password = read_new_password(password_file)

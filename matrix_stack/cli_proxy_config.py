@@ -10,14 +10,17 @@ so a proxy elsewhere leaves that to Apache.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from matrix_stack.errors import UsageError
-from matrix_stack.settings import Settings
-from matrix_stack.workers import Worker
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from matrix_stack.settings import Settings
+    from matrix_stack.workers import Worker
 
 PROXIES = ("traefik", "haproxy")
 TEMPLATES = {"traefik": "proxy-traefik.yaml.j2", "haproxy": "proxy-haproxy.cfg.j2"}
@@ -55,6 +58,8 @@ def add_commands(commands: Any) -> None:
 
 def default_backend(settings: Settings) -> str:
     """Return where the proxy reaches Apache: loopback for a proxy on this host, else ours."""
+    import ipaddress
+
     from matrix_stack.host import default_route_address
 
     networks = [ipaddress.ip_network(address) for address in settings.proxy_addresses]
@@ -69,6 +74,8 @@ def default_backend(settings: Settings) -> str:
 
 def check_backend(value: str) -> str:
     """Return HOST:PORT (port 80 when omitted; IPv6 in brackets), or raise UsageError."""
+    import ipaddress
+
     from matrix_stack.settings import check_dns_name
 
     text = value.strip()
@@ -111,6 +118,8 @@ class WorkerBackend:
 
 def on_this_host(backend: str) -> bool:
     """Return whether the proxy reaches Apache on loopback, so runs on this host."""
+    import ipaddress
+
     host = backend.rpartition(":")[0].strip("[]")
     if host == "localhost":
         return True

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_commands(commands: Any) -> None:
     """Register the restore command on the top-level subparsers."""
+    from pathlib import Path
+
     restore = commands.add_parser(
         "restore",
         help="put a backup archive back (same server name only)",
@@ -26,10 +29,11 @@ def add_commands(commands: Any) -> None:
 
 
 def run_restore(arguments: argparse.Namespace) -> int:
+    import time
+
     from matrix_stack import backup, restore
-    from matrix_stack.apply import ensure_root
     from matrix_stack.cli_backup import progress
-    from matrix_stack.errors import MatrixStackError
+    from matrix_stack.errors import MatrixStackError, ensure_root
     from matrix_stack.user_args import confirm
 
     ensure_root()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import re
-from typing import Any
 
 from matrix_stack.errors import MatrixStackError, UsageError
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    import datetime
+    from typing import Any
 
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -57,6 +59,8 @@ def add_commands(commands: Any) -> None:
 
 def parse_expiry(text: str, now: datetime.datetime) -> datetime.datetime:
     """Return the moment a token expires from a date, an ISO time or a duration from now."""
+    import datetime
+
     value = text.strip()
     duration = _DURATION.fullmatch(value)
     if duration:
@@ -80,15 +84,17 @@ def parse_expiry(text: str, now: datetime.datetime) -> datetime.datetime:
 
 
 def _session() -> Any:
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
     from matrix_stack.synapse_api import admin_session
     from matrix_stack.user_args import local_server_name
 
     ensure_root()
-    return admin_session(local_server_name())
+    return admin_session(local_server_name)  # read only if the token has to be made again
 
 
 def run_new(arguments: argparse.Namespace) -> int:
+    import datetime
+
     from matrix_stack.stack import current_settings
     from matrix_stack.synapse_api import new_registration_token
 
@@ -110,6 +116,8 @@ def run_new(arguments: argparse.Namespace) -> int:
 
 
 def _rows(tokens: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import datetime
+
     rows = []
     for token in tokens:
         allowed = token.get("uses_allowed")
@@ -127,6 +135,8 @@ def _rows(tokens: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_list(arguments: argparse.Namespace) -> int:
+    import json
+
     from matrix_stack.synapse_api import registration_tokens
 
     rows = _rows(registration_tokens(_session()))

@@ -7,10 +7,11 @@ and Synapse's merged configuration, so an edited file or a secret that went out 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_commands(commands: Any) -> None:
@@ -72,7 +73,10 @@ def add_commands(commands: Any) -> None:
 
 
 def run_credentials(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import ensure_root
+    import json
+    import time
+
+    from matrix_stack.errors import ensure_root
     from matrix_stack.synapse_api import parse_user
     from matrix_stack.turn_config import (
         address_warnings,
@@ -97,8 +101,8 @@ def run_credentials(arguments: argparse.Namespace) -> int:
 
 
 def run_test(arguments: argparse.Namespace) -> int:
-    from matrix_stack.apply import ensure_root
     from matrix_stack.checks import Steps, exit_status
+    from matrix_stack.errors import ensure_root
     from matrix_stack.turn_check import coturn_running, run_checks, srv_lines
     from matrix_stack.turn_config import load_turn_config
 

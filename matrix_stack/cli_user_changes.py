@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
 from matrix_stack import user_names
 from matrix_stack.errors import MatrixStackError, UsageError
@@ -18,6 +16,10 @@ from matrix_stack.user_args import (
     target_user,
 )
 from matrix_stack.user_names import existing_user_argument
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_commands(user_commands: Any) -> None:
@@ -69,7 +71,7 @@ def add_commands(user_commands: Any) -> None:
 
 
 def _admin_client(user: Any) -> Any:
-    from matrix_stack.apply import ensure_root
+    from matrix_stack.errors import ensure_root
     from matrix_stack.synapse_api import admin_session
 
     ensure_root()
@@ -82,7 +84,7 @@ def _other_active_admins(synapse: Any, user: Any) -> list[str]:
     service = str(service_account(user.server_name))
     return [
         account["name"]
-        for account in synapse.users(include_deactivated=False)
+        for account in synapse.users(include_deactivated=False, admins=True)
         if account.get("admin") and account["name"] not in (service, str(user))
     ]
 
@@ -164,6 +166,8 @@ def _seconds_or_ms(value: Any) -> int | None:
 
 
 def run_show(arguments: argparse.Namespace) -> int:
+    import json
+
     from matrix_stack.synapse_api import devices, emails
 
     user = target_user(arguments.name)

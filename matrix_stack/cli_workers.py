@@ -5,15 +5,29 @@ Valkey/Redis and its load (CPU time and memory, from systemd's accounting)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass
-from typing import Any
 
-from matrix_stack.settings import Settings
-from matrix_stack.workers import KEY_VALUE_PORT, OFF, Worker, format_layout, layout_counts
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
+    from matrix_stack.settings import Settings
+    from matrix_stack.workers import Worker
+
+    class _ProcessFields(NamedTuple):
+        name: str
+        unit: str
+        port: int
+        active: str
+        answering: bool
+        replication: bool | None  # None: the main process without workers (no replication)
+        cpu_seconds: float
+        memory_mib: float
+else:  # dataclasses and typing.NamedTuple would cost the command line milliseconds
+    from collections import namedtuple
+
+    _ProcessFields = namedtuple("Process", ["name", "unit", "port", "active", "answering",
+                                            "replication", "cpu_seconds", "memory_mib"])
 
 
 def add_commands(commands: Any) -> None:
@@ -32,18 +46,10 @@ def add_commands(commands: Any) -> None:
     status.set_defaults(handler=run_status)
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(_ProcessFields):
     """One Synapse process as systemd and its own /health see it."""
 
-    name: str
-    unit: str
-    port: int
-    active: str
-    answering: bool
-    replication: bool | None  # None: the main process without workers (no replication)
-    cpu_seconds: float
-    memory_mib: float
+    __slots__ = ()
 
     @property
     def ok(self) -> bool:
@@ -64,15 +70,19 @@ def _run(argv: list[str]) -> str:
 
 
 def answers_health(port: int) -> bool:
+    """Return whether the process on port answers /health (never through a proxy)."""
+    from matrix_stack.loopback_http import exchange
+
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
+        return exchange(f"http://127.0.0.1:{port}", "GET", "/health", {}, None, 5).status == 200
+    except OSError:
         return False
 
 
 def replication_pids() -> set[str]:
     """Return the PIDs holding a connection to the Valkey/Redis instance of the workers."""
+    from matrix_stack.workers import KEY_VALUE_PORT
+
     table = _run(["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{KEY_VALUE_PORT}"])
     return {part.split("pid=")[1].split(",")[0] for part in table.split() if "pid=" in part}
 
@@ -105,6 +115,8 @@ def processes(settings: Settings, workers: tuple[Worker, ...]) -> list[Process]:
 
 
 def layout_line(settings: Settings, cores: int) -> str:
+    from matrix_stack.workers import OFF, format_layout, layout_counts
+
     if settings.workers == OFF:
         return "workers: off (one Synapse process)"
     counts = format_layout(layout_counts(settings.workers, cores))
@@ -121,13 +133,15 @@ def current_workers(settings: Settings) -> tuple[tuple[Worker, ...], int]:
 
 
 def run_status(arguments: argparse.Namespace) -> int:
+    import json
+
     from matrix_stack.stack import current_settings
 
     settings = current_settings()
     workers, cores = current_workers(settings)
     found = processes(settings, workers)
     if arguments.json:
-        json.dump([{**asdict(process), "ok": process.ok} for process in found], sys.stdout,
+        json.dump([{**process._asdict(), "ok": process.ok} for process in found], sys.stdout,
                   indent=2)
         print()
     else:

@@ -29,3 +29,11 @@ class ValidationError(MatrixStackError):
 
 class CommandError(MatrixStackError):
     """An external command failed."""
+
+
+def ensure_root() -> None:
+    """Refuse to run as anyone but root (the files and services are root's)."""
+    import os
+
+    if os.geteuid() != 0:
+        raise MatrixStackError("this needs root: run it as root")

@@ -13,6 +13,8 @@ from pathlib import Path
 STACK_DIR = Path("/etc/matrix-stack")
 STACK_PATH = STACK_DIR / "stack.yaml"
 SECRETS_DIR = STACK_DIR / "secrets"
+# matrix-stack-admin's own Synapse account (@matrix-stack:SERVER): its password, root only.
+SERVICE_PASSWORD_PATH = SECRETS_DIR / "service_password"
 TLS_DIR = STACK_DIR / "tls"
 TURNSERVER_CONF_PATH = STACK_DIR / "turnserver.conf"
 ELEMENT_CONFIG_PATH = STACK_DIR / "element" / "config.json"

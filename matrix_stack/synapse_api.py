@@ -7,30 +7,25 @@ password (also root-only) is used only when the cached token stops working.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.client
 import json
-import secrets as random_source
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from email.message import Message
-from pathlib import Path
-from typing import Any
 
 from matrix_stack.errors import MatrixStackError, UsageError
-from matrix_stack.files import FileSpec, host_path, write_atomic
-from matrix_stack.paths import SECRETS_DIR, TOKEN_PATH
-from matrix_stack.secrets import REGISTRATION_SECRET_PATH
+
+TYPE_CHECKING = False  # typing costs the command line milliseconds (see cli.py)
+if TYPE_CHECKING:
+    import urllib.request
+    from collections.abc import Callable, Iterator, Mapping
+    from pathlib import Path
+    from typing import Any
+
+    from matrix_stack import loopback_http
 
 SYNAPSE_URL = "http://127.0.0.1:8008"
 SERVICE_LOCALPART = "matrix-stack"
-SERVICE_PASSWORD_PATH = SECRETS_DIR / "service_password"
 ADMIN = "/_synapse/admin"
-PAGE_SIZE = 500
+# Users a page of GET /_synapse/admin/v2/users holds: Synapse sets no upper bound, and one
+# request for a server of a few thousand accounts is faster than several (issue 20).
+PAGE_SIZE = 5000
 # Synapse's own limits (synapse/rest/admin/users.py, rest/client/register.py).
 MAX_LOCALPART = 255
 
@@ -44,12 +39,22 @@ class SynapseError(MatrixStackError):
         super().__init__(message)
 
 
-@dataclass(frozen=True)
-class UserId:
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _UserIdFields(NamedTuple):
+        localpart: str
+        server_name: str
+else:  # dataclasses and typing.NamedTuple would cost the command line milliseconds
+    from collections import namedtuple
+
+    _UserIdFields = namedtuple("UserId", ["localpart", "server_name"])
+
+
+class UserId(_UserIdFields):
     """A user of this server, @localpart:server_name."""
 
-    localpart: str
-    server_name: str
+    __slots__ = ()
 
     def __str__(self) -> str:
         return f"@{self.localpart}:{self.server_name}"
@@ -82,6 +87,8 @@ def direct_opener(*handlers: urllib.request.BaseHandler) -> urllib.request.Opene
     urlopen honours those variables, and no_proxy rarely names 127.0.0.1:8008: the admin
     token and passwords sent to Synapse would go to the proxy.
     """
+    import urllib.request
+
     return urllib.request.build_opener(urllib.request.ProxyHandler({}), *handlers)
 
 
@@ -89,6 +96,9 @@ def registration_mac(
     shared_secret: str, nonce: str, username: str, password: str, admin: bool
 ) -> str:
     """Return the HMAC-SHA1 Synapse expects for shared-secret registration (register_api.md)."""
+    import hashlib
+    import hmac
+
     mac = hmac.new(shared_secret.encode("utf-8"), digestmod=hashlib.sha1)
     for part in (nonce, username, password):
         mac.update(part.encode("utf-8"))
@@ -111,7 +121,6 @@ class Synapse:
         self.token = token
         self.timeout = timeout
         self.renew_token = renew_token
-        self.opener = direct_opener()
 
     def request(
         self,
@@ -137,52 +146,43 @@ class Synapse:
     def _send(
         self, method: str, path: str, body: Mapping[str, Any] | None, authenticated: bool
     ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
+        headers = {"Content-Type": "application/json"}
         if authenticated and self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body).encode() if body is not None else None
         shown = path.split("?")[0]
+        from matrix_stack.loopback_http import exchange
+
         try:
-            with self.opener.open(request, timeout=self.timeout) as response:
-                return self._json(method, shown, response.status, response.headers,
-                                  response.read())
-        except urllib.error.HTTPError as error:
-            try:
-                answer = error.read()
-            except (OSError, http.client.HTTPException):
-                answer = b""
-            finally:
-                error.close()
-            detail = self._json(method, shown, error.code, error.headers, answer)
-            raise SynapseError(
-                error.code,
-                str(detail.get("errcode", "")),
-                f"Synapse refused {method} {shown}: "
-                f"{detail.get('error', error.reason)} ({error.code})",
-            ) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            # One line: http.client's BadStatusLine quotes what a non-HTTP program sent.
-            reason = " ".join(str(getattr(error, "reason", None) or error).split())
+            answer = exchange(self.base_url, method, path, headers, data, self.timeout)
+        except OSError as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
             raise MatrixStackError(
                 f"Synapse does not answer on {self.base_url} ({reason}); is it running? "
                 "see: systemctl status matrix-synapse"
             ) from None
+        document = self._json(method, shown, answer)
+        if not 200 <= answer.status < 300:
+            raise SynapseError(
+                answer.status,
+                str(document.get("errcode", "")),
+                f"Synapse refused {method} {shown}: "
+                f"{document.get('error', answer.reason)} ({answer.status})",
+            )
+        return document
 
-    def _json(
-        self, method: str, shown: str, status: int, headers: Message, data: bytes
-    ) -> dict[str, Any]:
+    def _json(self, method: str, shown: str, answer: loopback_http.Answer) -> dict[str, Any]:
         """Return an answer's JSON object; anything else is not Synapse speaking."""
         try:
-            document = json.loads(data)
+            document = json.loads(answer.body)
         except ValueError:  # UnicodeDecodeError too
             document = None
         if isinstance(document, dict):
             return document
-        kind = headers.get_content_type() if data else "empty"
+        kind = answer.content_type if answer.body else "empty"
         raise MatrixStackError(
-            f"Synapse's answer to {method} {shown} is no JSON object (HTTP {status}, {kind}): "
-            f"is another program listening on {self.base_url}? "
+            f"Synapse's answer to {method} {shown} is no JSON object (HTTP {answer.status}, "
+            f"{kind}): is another program listening on {self.base_url}? "
             "see: systemctl status matrix-synapse"
         )
 
@@ -228,20 +228,39 @@ class Synapse:
         result = self.request("POST", "/_matrix/client/v3/login", body, authenticated=False)
         return str(result["access_token"])
 
-    def users(self, *, include_deactivated: bool) -> Iterator[dict[str, Any]]:
-        """Yield every local user, page after page."""
+    def users(
+        self, *, include_deactivated: bool, user_id: str | None = None, admins: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every local user (see user_pages)."""
+        for page in self.user_pages(
+            include_deactivated=include_deactivated, user_id=user_id, admins=admins
+        ):
+            yield from page
+
+    def user_pages(
+        self, *, include_deactivated: bool, user_id: str | None = None, admins: bool = False
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield the local users page after page, each as it arrives.
+
+        user_id keeps only users whose ID contains it, admins only administrators.
+        """
+        import urllib.parse
+
         start = "0"
         while True:
-            query = urllib.parse.urlencode(
-                {
-                    "from": start,
-                    "limit": PAGE_SIZE,
-                    "deactivated": "true" if include_deactivated else "false",
-                    "order_by": "name",
-                }
-            )
+            fields = {
+                "from": start,
+                "limit": PAGE_SIZE,
+                "deactivated": "true" if include_deactivated else "false",
+                "order_by": "name",
+            }
+            if user_id is not None:
+                fields["user_id"] = user_id
+            if admins:
+                fields["admins"] = "true"
+            query = urllib.parse.urlencode(fields)
             page = self.request("GET", f"{ADMIN}/v2/users?{query}")
-            yield from page.get("users", [])
+            yield list(page.get("users", []))
             start = page.get("next_token") or ""
             if not start:
                 return
@@ -269,12 +288,14 @@ class Synapse:
 
 def quote(user: UserId) -> str:
     """Return the user ID percent-encoded for a URL path."""
+    import urllib.parse
+
     return urllib.parse.quote(str(user), safe="")
 
 
-def read_root_secret(path: Path, root: Path = Path("/")) -> str:
+def read_root_secret(path: Path, root: Path | None = None) -> str:
     try:
-        return host_path(path, root).read_text(encoding="utf-8").strip()
+        return _on(path, root).read_text(encoding="utf-8").strip()
     except PermissionError:
         raise MatrixStackError("this needs root: run it as root") from None
     except FileNotFoundError:
@@ -283,29 +304,51 @@ def read_root_secret(path: Path, root: Path = Path("/")) -> str:
         ) from None
 
 
-def _save_root_only(path: Path, text: str, root: Path) -> None:
-    write_atomic(FileSpec(path, text + "\n", 0o600, "root", "root"), root)
+def _save_root_only(path: Path, text: str, root: Path | None) -> None:
+    from pathlib import Path
+
+    from matrix_stack.files import FileSpec, write_atomic
+
+    write_atomic(FileSpec(path, text + "\n", 0o600, "root", "root"), root or Path("/"))
 
 
 def service_account(server_name: str) -> UserId:
     return UserId(SERVICE_LOCALPART, server_name)
 
 
-def admin_session(server_name: str, root: Path = Path("/")) -> Synapse:
-    """Return a client with the cached admin token, renewed (once) if Synapse rejects it."""
-    synapse = Synapse(renew_token=lambda: new_admin_token(synapse, server_name, root))
-    if host_path(TOKEN_PATH, root).exists():
+def _on(path: Path, root: Path | None) -> Path:
+    return root / path.relative_to("/") if root else path
+
+
+def admin_session(server_name: str | Callable[[], str], root: Path | None = None) -> Synapse:
+    """Return a client with the cached admin token, renewed (once) if Synapse rejects it.
+
+    server_name may be a function, called only when a token has to be made (it reads YAML).
+    """
+    from matrix_stack.paths import TOKEN_PATH
+
+    def renew() -> str:
+        name = server_name if isinstance(server_name, str) else server_name()
+        return new_admin_token(synapse, name, root)
+
+    synapse = Synapse(renew_token=renew)
+    if _on(TOKEN_PATH, root).exists():
         synapse.token = read_root_secret(TOKEN_PATH, root)
     else:
-        synapse.token = new_admin_token(synapse, server_name, root)
+        synapse.token = renew()
     return synapse
 
 
-def new_admin_token(synapse: Synapse, server_name: str, root: Path = Path("/")) -> str:
+def new_admin_token(synapse: Synapse, server_name: str, root: Path | None = None) -> str:
     """Create the service admin on first use (shared secret), else log it in; cache the token."""
+    import secrets
+
+    from matrix_stack.paths import SERVICE_PASSWORD_PATH, TOKEN_PATH
+    from matrix_stack.secrets import REGISTRATION_SECRET_PATH
+
     service = service_account(server_name)
-    if not host_path(SERVICE_PASSWORD_PATH, root).exists():
-        _save_root_only(SERVICE_PASSWORD_PATH, random_source.token_urlsafe(32), root)
+    if not _on(SERVICE_PASSWORD_PATH, root).exists():
+        _save_root_only(SERVICE_PASSWORD_PATH, secrets.token_urlsafe(32), root)
     password = read_root_secret(SERVICE_PASSWORD_PATH, root)
     try:
         result = synapse.register(
@@ -355,6 +398,8 @@ def emails(details: Mapping[str, Any]) -> list[str]:
 
 def user_of_email(synapse: Synapse, address: str) -> str | None:
     """Return the user ID an e-mail address is bound to, None when to nobody."""
+    import urllib.parse
+
     path = f"{ADMIN}/v1/threepid/email/users/{urllib.parse.quote(address, safe='')}"
     try:
         result = synapse.request("GET", path)
@@ -394,6 +439,8 @@ def new_registration_token(
 
 
 def revoke_registration_token(synapse: Synapse, token: str) -> None:
+    import urllib.parse
+
     path = f"{ADMIN}/v1/registration_tokens/{urllib.parse.quote(token, safe='')}"
     try:
         synapse.request("DELETE", path)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from matrix_stack.errors import MatrixStackError
 
+TYPE_CHECKING = False  # typing itself costs the command line a few milliseconds
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from matrix_stack.synapse_api import UserId
 
 PASSWORD_FILE_HELP = (
@@ -63,10 +64,12 @@ def refuse_service_account(user: UserId) -> None:
 
 
 def format_time(milliseconds: Any) -> str | None:
+    """Return a time in milliseconds as UTC ISO 8601 to the second (time: faster than datetime)."""
+    import time
+
     if not milliseconds:
         return None
-    moment = datetime.datetime.fromtimestamp(int(milliseconds) / 1000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(milliseconds) // 1000))
 
 
 def confirm(question: str, *, read: Callable[[str], str] = input) -> bool:

@@ -7,13 +7,17 @@ Keeping it is best effort: a cache that cannot be written never fails a command.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
+TYPE_CHECKING = False  # what only type checking needs is not imported by the command line
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+    from typing import Any
 
-from matrix_stack.paths import USER_NAMES_PATH as CACHE_PATH
+
+def cache_path() -> Path:
+    from matrix_stack.paths import USER_NAMES_PATH
+
+    return USER_NAMES_PATH
 
 
 def existing_user_argument(parser: Any, help_text: str) -> None:
@@ -22,27 +26,31 @@ def existing_user_argument(parser: Any, help_text: str) -> None:
     action.completes_users = True
 
 
-def read(path: Path = CACHE_PATH) -> set[str]:
+def read(path: Path | None = None) -> set[str]:
+    path = path or cache_path()
     try:
         return set(path.read_text(encoding="utf-8").split())
     except (OSError, UnicodeDecodeError):
         return set()
 
 
-def remember(names: Iterable[str], path: Path = CACHE_PATH) -> None:
+def remember(names: Iterable[str], path: Path | None = None) -> None:
     """Replace the cache with names (localparts), root only (0600)."""
+    from matrix_stack.small_files import replace_small_file
+
+    path = path or cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write("".join(f"{name}\n" for name in sorted(set(names))))
-        os.replace(temporary, path)
+        replace_small_file(str(path), "".join(f"{name}\n" for name in sorted(set(names))), 0o600)
     except OSError:
         return
 
 
-def update(*, add: str | None = None, remove: str | None = None, path: Path = CACHE_PATH) -> None:
+def update(
+    *, add: str | None = None, remove: str | None = None, path: Path | None = None
+) -> None:
     """Add or remove one name, if the cache exists (a full user list makes it)."""
+    path = path or cache_path()
     if not path.exists():
         return
     names = read(path)

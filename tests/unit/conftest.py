@@ -28,6 +28,13 @@ def private_debconf_database(tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield
 
 
+@pytest.fixture(autouse=True)
+def private_help_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep matrix-stack-admin --help's cache in the test's directory, never the host's."""
+    monkeypatch.setattr("matrix_stack.help_cache.HELP_PATH", f"{tmp_path}/help-{{columns}}")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def applied_root_template(tmp_path_factory: pytest.TempPathFactory) -> AppliedRoot:
     """Apply make_settings() once per session; tests copy it and never change it."""

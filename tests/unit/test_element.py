@@ -691,7 +691,7 @@ def test_command_line_passes_allow_downgrade_to_fetch_and_install(
 
     monkeypatch.setattr(element, "fetch", fetch)
     monkeypatch.setattr(element, "install", install)
-    monkeypatch.setattr("matrix_stack.apply.ensure_root", lambda: None)
+    monkeypatch.setattr("matrix_stack.errors.ensure_root", lambda: None)
     monkeypatch.setattr("matrix_stack.cli_element._settings", site.settings)
     tarball = tmp_path / "element-v1.2.3.tar.gz"
     for path in (tarball, tmp_path / "element-v1.2.3.tar.gz.asc"):

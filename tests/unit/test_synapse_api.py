@@ -196,6 +196,17 @@ def test_users_follows_next_token_over_every_page(synapse: Synapse) -> None:
     assert len([r for r in FakeSynapse.requests if r[1].startswith("/_synapse/admin/v2")]) == 3
 
 
+def test_users_asks_for_large_pages_and_passes_its_filters(synapse: Synapse) -> None:
+    synapse.token = "admin-token"
+
+    list(synapse.users(include_deactivated=True, user_id="@al:x", admins=True))
+
+    assert FakeSynapse.requests == [(
+        "GET", "/_synapse/admin/v2/users?from=0&limit=5000&deactivated=true&order_by=name"
+        "&user_id=%40al%3Ax&admins=true",
+    )]
+
+
 def test_rejected_token_is_renewed_once_and_the_request_repeated(synapse: Synapse) -> None:
     FakeSynapse.users = {f"@u:{SERVER}": False}
     synapse.token = "stale"
@@ -309,7 +320,7 @@ def test_admin_token_and_passwords_reach_synapse_and_never_the_environments_prox
     assert FakeSynapse.requests == [
         ("GET", "/_synapse/admin/v1/register"),
         ("POST", "/_synapse/admin/v1/register"),
-        ("GET", "/_synapse/admin/v2/users?from=0&limit=500&deactivated=false&order_by=name"),
+        ("GET", "/_synapse/admin/v2/users?from=0&limit=5000&deactivated=false&order_by=name"),
     ]
     assert proxy_in_environment == []
 

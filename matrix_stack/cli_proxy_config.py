@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 
 from matrix_stack.errors import UsageError
 
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from matrix_stack.settings import Settings
+    from matrix_stack.worker_routes import WorkerBackend
     from matrix_stack.workers import Worker
 
 PROXIES = ("traefik", "haproxy")
@@ -99,23 +99,6 @@ def check_backend(value: str) -> str:
     return f"{host}:{int(port)}"
 
 
-@dataclass(frozen=True)
-class WorkerBackend:
-    """The workers of one kind, as the proxy reaches them, and the paths they serve."""
-
-    kind: str
-    patterns: tuple[str, ...]
-    servers: tuple[tuple[str, int], ...]  # worker name, loopback port
-
-    @property
-    def name(self) -> str:
-        return f"synapse-{self.kind}"
-
-    @property
-    def path_regexp(self) -> str:
-        return "|".join(self.patterns)
-
-
 def on_this_host(backend: str) -> bool:
     """Return whether the proxy reaches Apache on loopback, so runs on this host."""
     import ipaddress
@@ -136,6 +119,8 @@ def worker_backends(workers: tuple[Worker, ...], backend: str) -> list[WorkerBac
 
     if not on_this_host(backend):
         return []
+    from matrix_stack.worker_routes import WorkerBackend
+
     backends = []
     for kind, patterns in ROUTES_OF_KIND.items():
         servers = tuple((worker.name, worker.port) for worker in of_kind(workers, kind))

@@ -9,6 +9,7 @@ proxied from outside).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 
 SYNC = (
@@ -157,3 +158,20 @@ def _hex_class(digits: str) -> str:
         "".join(digit for digit in digits if not digit.isdigit()),
     ) if run]
     return "[" + "".join(run if len(run) < 3 else f"{run[0]}-{run[-1]}" for run in runs) + "]"
+
+
+@dataclass(frozen=True)
+class WorkerBackend:
+    """The workers of one kind, as the proxy reaches them, and the paths they serve."""
+
+    kind: str
+    patterns: tuple[str, ...]
+    servers: tuple[tuple[str, int], ...]  # worker name, loopback port
+
+    @property
+    def name(self) -> str:
+        return f"synapse-{self.kind}"
+
+    @property
+    def path_regexp(self) -> str:
+        return "|".join(self.patterns)

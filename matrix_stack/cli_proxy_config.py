@@ -114,13 +114,11 @@ def on_this_host(backend: str) -> bool:
 
 def worker_backends(workers: tuple[Worker, ...], backend: str) -> list[WorkerBackend]:
     """Return the workers the proxy sends requests to itself: none for a proxy elsewhere."""
-    from matrix_stack.worker_routes import ROUTES_OF_KIND
+    from matrix_stack.worker_routes import ROUTES_OF_KIND, WorkerBackend
     from matrix_stack.workers import of_kind
 
     if not on_this_host(backend):
         return []
-    from matrix_stack.worker_routes import WorkerBackend
-
     backends = []
     for kind, patterns in ROUTES_OF_KIND.items():
         servers = tuple((worker.name, worker.port) for worker in of_kind(workers, kind))

@@ -12,15 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from matrix_stack import adopt, answers, secrets
-from matrix_stack.apply import apply
-from matrix_stack.errors import MatrixStackError
-from matrix_stack.files import host_path
-from matrix_stack.paths import STACK_PATH
-from matrix_stack.phases import phase
-from matrix_stack.settings import MailMode, Settings
-from matrix_stack.stack import change
-from matrix_stack.system import System, system_for
+from matrix_stack.base import secrets
+from matrix_stack.base.errors import MatrixStackError
+from matrix_stack.base.files import host_path
+from matrix_stack.base.paths import STACK_PATH
+from matrix_stack.base.phases import phase
+from matrix_stack.core import answers
+from matrix_stack.core.apply import apply
+from matrix_stack.core.settings import MailMode, Settings
+from matrix_stack.core.stack import change
+from matrix_stack.core.system import System, system_for
+from matrix_stack.features import adopt
 
 PROGRAM = "matrix-stack"
 ADMIN_PASSWORD_QUESTION = "matrix-stack/admin-password"
@@ -154,8 +156,8 @@ def leave_monolith(root: Path = Path("/"), system: System | None = None) -> list
     renders the same choices with workers off, restarts it, then stops the workers. stack.yaml
     keeps the admin's answer, so installing again brings the workers back.
     """
-    from matrix_stack.stack import current_settings
-    from matrix_stack.workers import OFF
+    from matrix_stack.core.stack import current_settings
+    from matrix_stack.core.workers import OFF
 
     if not host_path(STACK_PATH, root).exists():
         return []
@@ -170,7 +172,7 @@ def leave_monolith(root: Path = Path("/"), system: System | None = None) -> list
 
 def bootstrap(debconf: answers.DebconfLike, server_name: str) -> list[str]:
     """Create the administrator asked for, then forget its password (always)."""
-    from matrix_stack.bootstrap import bootstrap_admin
+    from matrix_stack.features.bootstrap import bootstrap_admin
 
     try:
         name = debconf.get("matrix-stack/admin-user").strip()
@@ -212,8 +214,8 @@ def run_configure(
     a bug or an interrupt (debconf's database would keep them in clear text otherwise).
     """
     try:
-        from matrix_stack.paths import TURNSERVER_CONF_PATH
-        from matrix_stack.services import stop_open_coturn
+        from matrix_stack.base.paths import TURNSERVER_CONF_PATH
+        from matrix_stack.core.services import stop_open_coturn
 
         # Silent: apply starts it with our configuration, and says so.
         with phase("stop coturn on its stock configuration"):
@@ -226,7 +228,7 @@ def run_configure(
             made = bootstrap(session, configured.settings.server_name)
         for line in made:
             print(f"{PROGRAM}: {line}", file=sys.stderr)
-        from matrix_stack.element import postinst_lines
+        from matrix_stack.features.element.install import postinst_lines
 
         # Never raises: Element is fetched best-effort.
         with phase("Element"):

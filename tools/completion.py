@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from matrix_stack.cli import build_parser
-from matrix_stack.paths import USER_NAMES_PATH as CACHE_PATH
+from matrix_stack.base.paths import USER_NAMES_PATH as CACHE_PATH
+from matrix_stack.cli.main import build_parser
 
 
 def walk(

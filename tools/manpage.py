@@ -269,7 +269,7 @@ def render_page(parser: argparse.ArgumentParser, template: str, date: str, versi
 
 def main() -> int:
     from matrix_stack import __version__
-    from matrix_stack.cli import build_parser
+    from matrix_stack.cli.main import build_parser
 
     template = TEMPLATE_PATH.read_text(encoding="utf-8")
     sys.stdout.write(render_page(build_parser(), template, page_date(os.environ), __version__))

@@ -87,7 +87,7 @@ def main() -> int:
                   f"its postinst): {time.monotonic() - started:.1f} s")
         container.run([*stack.APT, "install", "--download-only", f"/srv/{deb.name}"])
         started = time.monotonic()
-        # The postinst says how long each of its phases took (matrix_stack/phases.py).
+        # The postinst says how long each of its phases took (matrix_stack/base/phases.py).
         result = container.run([*stack.APT, "install", f"/srv/{deb.name}"], timeout=900,
                                env={"MATRIX_STACK_PHASES": "1"})
         installed = time.monotonic()

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from matrix_stack.turn import TurnClient, TurnError, turn_credentials
-from matrix_stack.turn_config import parse_coturn_config
+from matrix_stack.features.turn.config import parse_coturn_config
+from matrix_stack.features.turn.credentials import TurnClient, TurnError, turn_credentials
 from tests.system import stack
 from tests.system.stack import SERVER
 from tests.system.testbed import Container, http_request, wait_for

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from matrix_stack.worker_routes import hex_partitions
+from matrix_stack.core.worker_routes import hex_partitions
 from tests.system import stack
 from tests.system.stack import SERVER, add_user, apt_install, install, preseed
 from tests.system.testbed import Container, Target, http_request, wait_for

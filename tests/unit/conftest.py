@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix_stack.apply import apply
+from matrix_stack.core.apply import apply
 from tests.unit.helpers import AppliedRoot, SynapseCheck, copy_root, make_settings
 
 
@@ -31,7 +31,7 @@ def private_debconf_database(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(autouse=True)
 def private_help_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keep matrix-stack-admin --help's cache in the test's directory, never the host's."""
-    monkeypatch.setattr("matrix_stack.help_cache.HELP_PATH", f"{tmp_path}/help-{{columns}}")
+    monkeypatch.setattr("matrix_stack.cli.help_cache.HELP_PATH", f"{tmp_path}/help-{{columns}}")
     return tmp_path
 
 

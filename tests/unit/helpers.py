@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from matrix_stack.apply import Report
-from matrix_stack.files import host_path
-from matrix_stack.paths import UCF_STATE_PATH
-from matrix_stack.settings import Settings, from_mapping
+from matrix_stack.base.files import host_path
+from matrix_stack.base.paths import UCF_STATE_PATH
+from matrix_stack.core.apply import Report
+from matrix_stack.core.settings import Settings, from_mapping
 
 # ucf run by anyone but root switches to "no action mode": it records nothing, exits 0.
 needs_root_for_ucf = pytest.mark.skipif(

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from matrix_stack import answers
-from matrix_stack.answers import DATABASE_PASSWORD_QUESTION, debconf_from_yaml
-from matrix_stack.errors import MatrixStackError, ValidationError
+from matrix_stack.base.errors import MatrixStackError, ValidationError
+from matrix_stack.core import answers
+from matrix_stack.core.answers import DATABASE_PASSWORD_QUESTION, debconf_from_yaml
+from matrix_stack.core.settings import Settings, from_mapping
+from matrix_stack.core.stack import read_stack, write_stack
 from matrix_stack.hooks import (
     Configured,
     configure,
@@ -17,8 +19,6 @@ from matrix_stack.hooks import (
     store_database_password,
     store_mail_password,
 )
-from matrix_stack.settings import Settings, from_mapping
-from matrix_stack.stack import read_stack, write_stack
 from tests.unit.helpers import BASE_STACK, Answers, FakeSystem, files_and_modes
 
 
@@ -99,7 +99,7 @@ def test_run_configure_forgets_the_passwords_when_the_administrator_step_fails(
 
     monkeypatch.setattr("matrix_stack.hooks.configure",
                         lambda debconf, **options: Configured(LOCAL, []))
-    monkeypatch.setattr("matrix_stack.bootstrap.bootstrap_admin", bootstrap_admin)
+    monkeypatch.setattr("matrix_stack.features.bootstrap.bootstrap_admin", bootstrap_admin)
     debconf = Answers(SECRET_ANSWERS)
 
     with pytest.raises(RuntimeError):
@@ -126,8 +126,8 @@ def test_run_configure_creates_the_administrator_then_forgets_the_passwords(
 
     monkeypatch.setattr("matrix_stack.hooks.configure",
                         lambda debconf, **options: Configured(LOCAL, ["applied"]))
-    monkeypatch.setattr("matrix_stack.bootstrap.bootstrap_admin", bootstrap_admin)
-    monkeypatch.setattr("matrix_stack.element.postinst_lines", postinst_lines)
+    monkeypatch.setattr("matrix_stack.features.bootstrap.bootstrap_admin", bootstrap_admin)
+    monkeypatch.setattr("matrix_stack.features.element.install.postinst_lines", postinst_lines)
     debconf = Answers(SECRET_ANSWERS)
 
     assert run_configure(debconf) == 0

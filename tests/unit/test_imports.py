@@ -1,4 +1,9 @@
-"""The package's modules import each other without cycles (a cycle makes import order matter)."""
+"""The package's layers: modules import each other without cycles, and only downwards.
+
+base <- synapse <- core <- features <- cli, with hooks (the maintainer scripts' entry) beside
+the CLI: a module never imports from a layer above its own, and nothing on the maintainer
+scripts' side (hooks, core.apply, core.render) imports the CLI.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,24 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "matrix_stack"
+# Lowest first; a module may import its own layer and those below it.
+LAYERS = ("base", "synapse", "core", "features", "cli")
+ENTRY_POINTS = {"hooks": "cli"}  # top-level modules, and the layer they stand in
+MAINTAINER_SIDE = {"hooks", "core.apply", "core.render"}
 
 
-def imported_modules(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    """Return the dotted name below matrix_stack: core.apply, features.element.install."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))
+            if module_name(path)}
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
     """Return the matrix_stack modules a module imports, at top level or inside functions,
     leaving out what only type checking imports."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -20,15 +40,28 @@ def imported_modules(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if id(node) in type_only:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "matrix_stack":
-                found.update(alias.name for alias in node.names)
-            elif node.module.startswith("matrix_stack."):
-                found.add(node.module.split(".")[1])
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "matrix_stack" or node.module.startswith("matrix_stack.")):
+            base = node.module.removeprefix("matrix_stack").lstrip(".")
+            # "from matrix_stack.core import apply" imports the module core.apply.
+            names = [f"{base}.{alias.name}".lstrip(".") for alias in node.names]
+            names = [name if name in known else base for name in names]
         elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[1] for alias in node.names
-                         if alias.name.startswith("matrix_stack."))
-    return found - {path.stem}
+            names = [alias.name.removeprefix("matrix_stack.") for alias in node.names
+                     if alias.name.startswith("matrix_stack.")]
+        found.update(name for name in names if name in known)
+    return found - {module_name(path)}
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imported_modules(path, set(found)) for name, path in found.items()}
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[0]
+    return LAYERS.index(ENTRY_POINTS.get(top, top)) if top in (*LAYERS, *ENTRY_POINTS) else -1
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -54,11 +87,41 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Return every import from a layer into one above it, as 'a -> b'."""
+    return [f"{module} -> {other}" for module, others in sorted(graph.items())
+            for other in sorted(others) if layer(other) > layer(module)]
+
+
 def test_find_cycle_finds_one_and_only_when_there_is_one() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) == []
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
+def test_upward_finds_an_import_from_the_core_into_a_feature() -> None:
+    assert upward({"core.apply": {"features.element.install", "base.files"},
+                   "cli.users": {"core.stack"}}) == ["core.apply -> features.element.install"]
+
+
+def test_the_imports_are_read_as_modules() -> None:
+    found = graph()
+    assert {"core.apply", "core.stack", "base.files"} <= found["hooks"]
+    assert "features.element.install" in found["cli.element"]
+
+
+def test_every_module_is_in_a_layer() -> None:
+    assert [name for name in modules() if layer(name) < 0 and name not in ("", "__init__")] == []
+
+
 def test_the_package_has_no_import_cycle() -> None:
-    graph = {path.stem: imported_modules(path) for path in PACKAGE.glob("*.py")}
-    assert find_cycle(graph) == []
+    assert find_cycle(graph()) == []
+
+
+def test_no_layer_imports_one_above_it() -> None:
+    assert upward(graph()) == []
+
+
+def test_the_maintainer_scripts_side_never_imports_the_cli() -> None:
+    found = graph()
+    assert [f"{module} -> {other}" for module in sorted(MAINTAINER_SIDE)
+            for other in sorted(found[module]) if other.startswith("cli")] == []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix_stack.cli import build_parser
+from matrix_stack.cli.main import build_parser
 from tools import manpage
 
 ROOT = Path(__file__).resolve().parents[2]

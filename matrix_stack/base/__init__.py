@@ -1,0 +1,1 @@
+"""What everything stands on: errors, paths, subprocesses, files, undo, secrets."""

@@ -1,0 +1,1 @@
+"""matrix-stack-admin: one module per command group; main builds the parser."""

@@ -1,0 +1,1 @@
+"""The pipeline: debconf, stack.yaml, Settings, render, plan, write, validate, restart."""

@@ -1,0 +1,1 @@
+"""What the stack does beyond the pipeline, one module or package each."""

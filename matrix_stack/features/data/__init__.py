@@ -1,0 +1,1 @@
+"""The data: backup, restore, the move to PostgreSQL, row counts."""

@@ -1,0 +1,1 @@
+"""Element web: download, verify, unpack, compress, switch releases."""

@@ -1,0 +1,1 @@
+"""Federation: the allow-list, key servers, the self-check."""

@@ -1,0 +1,1 @@
+"""TURN: coturn's configuration, credentials, the end-to-end check."""

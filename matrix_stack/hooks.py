@@ -56,7 +56,7 @@ def configure(
     # taken over safely is refused here, before anything changed.
     adoption = None
     if not host_path(STACK_PATH, root).exists():
-        adoption = adopt.take_over_plan(root)
+        adoption = adopt.take_over_plan(root, system=system)
     file_only = {
         key: value
         for key, value in (adoption.proposed if adoption else {}).items()

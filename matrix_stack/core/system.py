@@ -56,6 +56,8 @@ class System(Protocol):
 
     def disable_site(self, name: str, root: Path) -> None: ...
 
+    def probe_sqlite(self, path: Path, probe: str, *arguments: str) -> str | None: ...
+
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]: ...
 
     def validate_apache(self) -> None: ...
@@ -97,6 +99,12 @@ class LiveSystem:
 
     def disable_site(self, name: str, root: Path) -> None:
         run(["a2dissite", "-m", "-q", name])
+
+    def probe_sqlite(self, path: Path, probe: str, *arguments: str) -> str | None:
+        """Run a Python probe on a SQLite file as its owner (postgres.probe_sqlite_as_owner)."""
+        from matrix_stack.core import postgres
+
+        return postgres.probe_sqlite_as_owner(path, probe, *arguments)
 
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]:
         return services.ensure_apache_enabled(settings, root)
@@ -143,6 +151,9 @@ class NoSystem:
 
     def disable_site(self, name: str, root: Path) -> None:
         host_path(APACHE_SITES_ENABLED / f"{name}.conf", root).unlink(missing_ok=True)
+
+    def probe_sqlite(self, path: Path, probe: str, *arguments: str) -> str | None:
+        return None  # no account of the host owns a temporary root's files
 
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]:
         return ()

@@ -19,7 +19,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,7 +438,7 @@ def sites_to_disable(found: Found, settings: Settings, hostnames: Sequence[str])
 
 
 
-def check_database_users(found: Found, root: Path = Path("/")) -> None:
+def check_database_users(found: Found, root: Path, system: System) -> None:
     """Refuse when Synapse's SQLite database holds users of another server name."""
     database = found.database
     if database is None or database.engine is not Engine.SQLITE or database.sqlite_path is None:
@@ -446,7 +446,7 @@ def check_database_users(found: Found, root: Path = Path("/")) -> None:
     path = host_path(database.sqlite_path, root)
     if not path.is_file() or path.stat().st_size == 0:
         return
-    others = count_foreign_users(path, str(found.server_name))
+    others = count_foreign_users(path, str(found.server_name), system.probe_sqlite)
     if others:
         raise MatrixStackError(
             f"Synapse's database {database.sqlite_path} holds {others} users of another server "
@@ -470,24 +470,31 @@ print(row[0])
 """
 
 
-def count_foreign_users(path: Path, server_name: str) -> int:
+def count_foreign_users(
+    path: Path, server_name: str, probe: Callable[..., str | None] | None = None
+) -> int:
+    """Return how many users of the SQLite database are not of server_name (probe: how to
+    run the probe; default as the file's owner; one that returns None cannot look: 0)."""
     from matrix_stack.base.errors import CommandError
     from matrix_stack.core.postgres import probe_sqlite_as_owner
 
     try:
-        return int(probe_sqlite_as_owner(path, _FOREIGN_USERS_PROBE, server_name))
+        printed = (probe or probe_sqlite_as_owner)(path, _FOREIGN_USERS_PROBE, server_name)
+        return 0 if printed is None else int(printed)
     except (CommandError, ValueError) as error:
         raise MatrixStackError(
             f"cannot read Synapse's database {path} to check its users: {error}"
         ) from None
 
 
-def take_over_plan(root: Path = Path("/"), hostnames: Iterable[str] | None = None) -> Plan:
-    """Detect and plan, checking the database agrees with the configuration."""
+def take_over_plan(
+    root: Path = Path("/"), hostnames: Iterable[str] | None = None, system: System | None = None
+) -> Plan:
+    """Detect and plan, checking the database agrees with the configuration (on a system
+    that can read it: not a temporary root)."""
     found = detect(root)
     result = plan(found, host_names() if hostnames is None else hostnames)
-    if root == Path("/"):
-        check_database_users(found, root)
+    check_database_users(found, root, system or system_for(root))
     return result
 
 

@@ -88,6 +88,9 @@ class FakeSystem:
     def disable_site(self, name: str, root: Path) -> None:
         self._call("disable_site", name)
 
+    def probe_sqlite(self, path: Path, probe: str, *arguments: str) -> str | None:
+        return None
+
     def enable_apache(self, settings: Settings, root: Path) -> tuple[str, ...]:
         self._call("enable_apache")
         return self.newly_enabled

@@ -343,3 +343,21 @@ def test_tighten_leaves_a_hard_link_alone(tmp_path: Path) -> None:
     adopt.tighten(tmp_path / "homeserver.yaml", tmp_path)
 
     assert elsewhere.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_plan_is_refused_when_the_system_finds_users_of_another_name(tmp_path: Path) -> None:
+    root = recipe_root(tmp_path)
+    (root / "etc/matrix-synapse/homeserver.db").write_bytes(b"SQLite format 3\0")
+    probed: list[tuple[Path, tuple[str, ...]]] = []
+
+    class Probing(FakeSystem):
+        def probe_sqlite(self, path: Path, probe: str, *arguments: str) -> str | None:
+            probed.append((path, arguments))
+            return "3"
+
+    with pytest.raises(MatrixStackError, match="holds 3 users of another server name"):
+        adopt.take_over_plan(root, ["host.example"], Probing())
+
+    assert probed == [(root / "etc/matrix-synapse/homeserver.db", (SERVER,))]
+    # A system that cannot look (a temporary root's) lets the plan through.
+    assert adopt.take_over_plan(root, ["host.example"], FakeSystem()).proposed["server_name"]

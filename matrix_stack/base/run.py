@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
 from matrix_stack.base.errors import CommandError
+from matrix_stack.base.phases import phase
 
 # pg_dump and pg_restore of a large database: generous, but never forever.
 STREAM_TIMEOUT = 6 * 3600
+NEWLINE = "\n"
 
 
 def mask_argv(argv: Sequence[str], secrets: Sequence[str] = ()) -> str:
@@ -43,16 +45,18 @@ def run(
     """
     identity = _identity(argv, user, env)
     try:
-        result = subprocess.run(
-            list(argv),
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            pass_fds=tuple(pass_fds),
-            **identity,
-        )
+        # Timed when MATRIX_STACK_PHASES asks (make bench): the program and its first arguments.
+        with phase(f"run {mask_argv(argv[:3], secrets).partition(NEWLINE)[0][:80]}"):
+            result = subprocess.run(
+                list(argv),
+                input=input_text,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                pass_fds=tuple(pass_fds),
+                **identity,
+            )
     except FileNotFoundError as error:
         raise CommandError(f"{argv[0]} is not installed ({error.strerror})") from None
     except subprocess.TimeoutExpired:

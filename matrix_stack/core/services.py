@@ -13,6 +13,7 @@ from matrix_stack.base.files import create_exclusive, host_path, lookup_ids
 from matrix_stack.base.paths import (
     APACHE_MODS_ENABLED,
     APACHE_MODULES_RECORD,
+    APACHE_SITES_ENABLED,
     APACHE_SITES_RECORD,
     COTURN_DISABLED_RECORD,
     COTURN_OWN_CONF,
@@ -155,14 +156,14 @@ def record(path: Path, names: list[str], root: Path) -> None:
     record.write_text("".join(f"{name}\n" for name in dict.fromkeys(known)))
 
 
-def _default_site_shadows(settings: Settings) -> bool:
+def _default_site_shadows(settings: Settings, root: Path) -> bool:
     """Return whether Debian's stock default site would answer port 80 for one of our names.
 
     000-default.conf has no ServerName, so Apache gives it the host name, which is usually
     the Matrix server name; being first, it would win over our redirect. Only the untouched
     stock file is disabled (an admin's edited copy is theirs), and purge enables it again.
     """
-    if _a2query("-s", DEFAULT_SITE) != 0:
+    if DEFAULT_SITE not in _enabled_sites(root):
         return False
     site = Path("/etc/apache2/sites-available") / f"{DEFAULT_SITE}.conf"
     hostnames = set(host_names())
@@ -183,35 +184,46 @@ def is_stock_conffile(package: str, path: Path) -> bool:
     return current == recorded
 
 
+def _enabled(directory: Path, suffix: str, root: Path) -> set[str]:
+    """Return the modules (.load) or sites (.conf) linked in an Apache *-enabled directory."""
+    links = host_path(directory, root).glob(f"*{suffix}")
+    return {path.name.removesuffix(suffix) for path in links}
+
+
 def _enabled_modules(root: Path) -> set[str]:
-    return {path.stem for path in host_path(APACHE_MODS_ENABLED, root).glob("*.load")}
+    return _enabled(APACHE_MODS_ENABLED, ".load", root)
+
+
+def _enabled_sites(root: Path) -> set[str]:
+    return _enabled(APACHE_SITES_ENABLED, ".conf", root)
 
 
 def ensure_apache_enabled(settings: Settings, root: Path = Path("/")) -> tuple[str, ...]:
     """Enable the modules the site needs and the site itself; return what was newly enabled.
 
     Like apache2-maintscript-helper, a module or site the admin disabled is never re-enabled.
+    a2query is asked only about what is not linked already (a link is what it calls enabled),
+    and the missing modules are enabled by one a2enmod.
     """
     enabled: list[str] = []
     before = _enabled_modules(root)
-    for module in apache_modules(settings):
-        state = _a2query("-m", module)
-        if state == 0:
-            continue
-        if state == 32:
+    missing = [module for module in apache_modules(settings) if module not in before]
+    for module in missing:
+        if _a2query("-m", module) == 32:
             raise MatrixStackError(
                 f"Apache module {module} was disabled by the administrator and matrix-stack "
                 f"needs it; enable it with: a2enmod {module}"
             )
-        run(["a2enmod", "-m", "-q", module])
+    if missing:
+        run(["a2enmod", "-m", "-q", *missing])
     # a2enmod also enables what a module depends on (ssl: socache_shmcb); record them all.
     enabled = sorted(_enabled_modules(root) - before)
     record(APACHE_MODULES_RECORD, enabled, root)
-    if _default_site_shadows(settings):
+    if _default_site_shadows(settings, root):
         run(["a2dissite", "-m", "-q", DEFAULT_SITE])
         record(APACHE_SITES_RECORD, [DEFAULT_SITE], root)
         enabled.append(f"disabled-site:{DEFAULT_SITE}")
-    site_state = _a2query("-s", APACHE_SITE)
+    site_state = 0 if APACHE_SITE in _enabled_sites(root) else _a2query("-s", APACHE_SITE)
     if site_state == 32:
         print(
             f"matrix-stack: the Apache site {APACHE_SITE} was disabled by the administrator; "

@@ -38,6 +38,42 @@ for _ in range(runs):
 print(json.dumps(times))
 """
 
+# Runs a command, printing each line of its output after the seconds since it started.
+STAMPED = """
+import subprocess, sys, time
+start = time.monotonic()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+for line in child.stdout:
+    print(f"{time.monotonic() - start:.3f} {line.rstrip()}", flush=True)
+print(f"{time.monotonic() - start:.3f} exit {child.wait()}")
+sys.exit(child.returncode)
+"""
+# apt-get's stages, each starting at the first line of output that begins with its mark.
+APT_STAGES = (
+    ("resolve dependencies, preconfigure (matrix-stack's config script)", ""),
+    ("unpack", "Preparing to unpack"),
+    ("set up the dependencies", "Setting up"),
+    ("matrix-stack's postinst", "Setting up matrix-stack "),
+    ("triggers", "Processing triggers"),
+)
+
+
+def apt_stages(stamped: str) -> list[str]:
+    """Return one line per stage of a stamped apt-get install: its seconds, and how many
+    packages it unpacked or set up."""
+    lines = [(float(seconds), text) for seconds, _, text in
+             (line.partition(" ") for line in stamped.splitlines())]
+    starts = [0.0]
+    for _name, mark in APT_STAGES[1:]:
+        starts.append(next((seconds for seconds, text in lines
+                            if text.startswith(mark) and seconds >= starts[-1]), starts[-1]))
+    starts.append(lines[-1][0])
+    unpacked = sum(text.startswith("Preparing to unpack") for _seconds, text in lines)
+    counts = {1: unpacked, 2: unpacked - 1}
+    return [f"{name}{f' ({counts[index]} packages)' if index in counts else ''}: "
+            f"{starts[index + 1] - starts[index]:.1f} s"
+            for index, (name, _mark) in enumerate(APT_STAGES)]
+
 
 def machine() -> str:
     cpu = next(
@@ -86,9 +122,11 @@ def main() -> int:
             print(f"{target.synapse_package} from its repository (apt-get install, started by "
                   f"its postinst): {time.monotonic() - started:.1f} s")
         container.run([*stack.APT, "install", "--download-only", f"/srv/{deb.name}"])
+        container.write_file("/srv/stamped.py", STAMPED)
         started = time.monotonic()
         # The postinst says how long each of its phases took (matrix_stack/base/phases.py).
-        result = container.run([*stack.APT, "install", f"/srv/{deb.name}"], timeout=900,
+        result = container.run(["python3", "/srv/stamped.py", *stack.APT, "-o", "Dpkg::Use-Pty=0",
+                                "install", f"/srv/{deb.name}"], timeout=900,
                                env={"MATRIX_STACK_PHASES": "1"})
         installed = time.monotonic()
         stack.wait_for_client_api(container)
@@ -98,11 +136,14 @@ def main() -> int:
         print(f"install: apt-get install {installed - started:.1f} s (dependencies downloaded "
               f"beforehand); until /_matrix/client/versions answers 200 through Apache: "
               f"{answered - started:.1f} s")
-        phases = [line.removeprefix("matrix-stack: phase ")
-                  for line in (result.stdout + result.stderr).splitlines()
-                  if line.startswith("matrix-stack: phase ")]
+        for line in apt_stages(result.stdout):
+            print(f"  {line}")
+        phases = [line.split(" ", 1)[1].removeprefix("matrix-stack: phase ")
+                  for line in result.stdout.splitlines()
+                  if line.split(" ", 1)[-1].startswith("matrix-stack: phase ")]
         for line in phases:
-            print(f"  postinst phase {line}")
+            if " > run " not in line or float(line.rsplit(": ", 1)[1].split()[0]) >= 0.2:
+                print(f"    postinst phase {line}")
         units = ("matrix-synapse", "coturn", "apache2")
         with stack.unit_runs(container, units) as changed:
             print(f"no-change apply: {timed(container, 10, 'matrix-stack-admin', 'apply')}; "

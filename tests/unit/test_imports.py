@@ -8,6 +8,8 @@ scripts' side (hooks, core.apply, core.render) imports the CLI.
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "matrix_stack"
@@ -125,3 +127,45 @@ def test_the_maintainer_scripts_side_never_imports_the_cli() -> None:
     found = graph()
     assert [f"{module} -> {other}" for module in sorted(MAINTAINER_SIDE)
             for other in sorted(found[module]) if other.startswith("cli")] == []
+
+
+# --- what the package imports from outside the standard library is what debian/control names --
+
+CONTROL = PACKAGE.parent / "debian" / "control"
+# The Debian package of each module imported from outside the standard library.
+DEBIAN_PACKAGES = {
+    "bcrypt": "python3-bcrypt", "brotli": "python3-brotli", "debconf": "python3-debconf",
+    "dns": "python3-dnspython", "jinja2": "python3-jinja2",
+    "signedjson": "python3-signedjson", "unpaddedbase64": "python3-unpaddedbase64",
+    "yaml": "python3-yaml",
+}
+# Named in DESIGN.md's dependency contract, imported by nothing today; and Debian's
+# matrix-synapse's PostgreSQL driver (Synapse imports it: the database question's postgresql).
+NOT_IMPORTED = {"python3-debian", "python3-psycopg2"}
+
+
+def third_party_imports() -> set[str]:
+    """Return the top-level names of every module imported from outside the standard library
+    and matrix_stack, anywhere in the package (function-level imports included)."""
+    found: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"matrix_stack", "__future__"}
+
+
+def control_python_packages() -> set[str]:
+    """Return the python3-* packages matrix-stack Depends on or Recommends."""
+    fields = re.findall(r"^(?:Depends|Recommends):((?:.*\n(?: .*\n)*))", CONTROL.read_text(),
+                        re.MULTILINE)
+    return {name for field in fields for name in re.findall(r"\b(python3-[a-z0-9.-]+)", field)}
+
+
+def test_debian_control_names_exactly_the_python_packages_the_code_imports() -> None:
+    imported = third_party_imports()
+    assert imported <= DEBIAN_PACKAGES.keys(), f"no Debian package known for {imported}"
+    assert control_python_packages() == {DEBIAN_PACKAGES[name] for name in imported} | \
+        NOT_IMPORTED

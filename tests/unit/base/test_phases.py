@@ -40,3 +40,20 @@ def test_each_phase_is_said_with_its_duration_even_when_it_fails(
         "matrix-stack: phase configure: N s",
         "matrix-stack: phase Element: N s",
     ]
+
+
+def test_each_program_run_is_a_phase_named_by_its_first_line_with_secrets_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from matrix_stack.base.run import run
+
+    monkeypatch.setenv(ENVIRONMENT, "1")
+
+    with phase("check"):
+        run(["sh", "-c", "true s3cret\nexit 0", "s3cret"], secrets=["s3cret"])
+
+    lines = capsys.readouterr().err.splitlines()
+    assert [re.sub(r"\d+\.\d\d", "N", line) for line in lines] == [
+        "matrix-stack: phase check > run sh -c true ***: N s",
+        "matrix-stack: phase check: N s",
+    ]

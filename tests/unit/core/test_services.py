@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from matrix_stack.base.errors import MatrixStackError
+from matrix_stack.base.paths import APACHE_MODULES_RECORD
 from matrix_stack.core import services
 from matrix_stack.core.services import apache_modules
 from tests.unit.base.test_files import (
@@ -150,3 +151,86 @@ def test_validate_synapse_refuses_conf_d_as_a_link(
     with pytest.raises(MatrixStackError, match="it must be a directory, not a link"):
         services.validate_synapse("candidate: 1\n", "matrix-stack.yaml")
     assert seen == []
+
+
+# --- ensure_apache_enabled: a2query only for what is not linked, one a2enmod ------------------
+
+
+class FakeApacheTools:
+    """a2query, a2enmod and a2ensite over a temporary root's *-enabled links; records argv."""
+
+    def __init__(self, root: Path, disabled_by_admin: frozenset[str] = frozenset()) -> None:
+        self.root = root
+        self.disabled_by_admin = disabled_by_admin
+        self.calls: list[list[str]] = []
+        for directory in ("mods-enabled", "sites-enabled"):
+            (root / "etc/apache2" / directory).mkdir(parents=True, exist_ok=True)
+
+    def link(self, directory: str, name: str) -> Path:
+        return self.root / "etc/apache2" / directory / name
+
+    def __call__(self, argv: list[str], **_kwargs: object) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(argv))
+        tool, names = argv[0], [arg for arg in argv[1:] if not arg.startswith("-")]
+        returncode = 0
+        if tool == "a2query":
+            flag, name = argv[1], argv[2]
+            link = self.link("mods-enabled" if flag == "-m" else "sites-enabled",
+                             f"{name}.load" if flag == "-m" else f"{name}.conf")
+            returncode = 0 if link.exists() else 32 if name in self.disabled_by_admin else 1
+        elif tool == "a2enmod":
+            for name in names + (["socache_shmcb"] if "ssl" in names else []):
+                self.link("mods-enabled", f"{name}.load").touch()
+        elif tool == "a2ensite":
+            for name in names:
+                self.link("sites-enabled", f"{name}.conf").touch()
+        return subprocess.CompletedProcess(argv, returncode, "", "")
+
+
+def fake_apache_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      disabled_by_admin: frozenset[str] = frozenset()) -> FakeApacheTools:
+    tools = FakeApacheTools(tmp_path, disabled_by_admin)
+    monkeypatch.setattr(services, "run", tools)
+    return tools
+
+
+def test_ensure_apache_enabled_asks_only_about_unlinked_modules_and_enables_them_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tools = fake_apache_tools(tmp_path, monkeypatch)
+    for module in ("alias", "deflate", "filter"):  # what Debian's apache2 enables itself
+        tools.link("mods-enabled", f"{module}.load").touch()
+    settings = make_settings()
+
+    newly = services.ensure_apache_enabled(settings, tmp_path)
+
+    missing = ["proxy", "proxy_http", "headers", "rewrite", "ssl", "http2"]
+    assert tools.calls == [
+        *(["a2query", "-m", module] for module in missing),
+        ["a2enmod", "-m", "-q", *missing],
+        ["a2query", "-s", services.APACHE_SITE],
+        ["a2ensite", "-m", "-q", services.APACHE_SITE],
+    ]
+    assert newly == (*sorted([*missing, "socache_shmcb"]), f"site:{services.APACHE_SITE}")
+    record = (tmp_path / str(APACHE_MODULES_RECORD).lstrip("/")).read_text().split()
+    assert record == sorted([*missing, "socache_shmcb"])
+
+    tools.calls.clear()
+    assert services.ensure_apache_enabled(settings, tmp_path) == ()
+    assert tools.calls == []  # all linked: not one program run
+
+
+def test_ensure_apache_enabled_refuses_a_module_the_admin_disabled_before_enabling_any(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tools = fake_apache_tools(tmp_path, monkeypatch, disabled_by_admin=frozenset({"http2"}))
+
+    with pytest.raises(MatrixStackError) as raised:
+        services.ensure_apache_enabled(make_settings(), tmp_path)
+
+    assert str(raised.value) == (
+        "Apache module http2 was disabled by the administrator and matrix-stack needs it; "
+        "enable it with: a2enmod http2"
+    )
+    assert not [call for call in tools.calls if call[0] != "a2query"]
+    assert not list((tmp_path / "etc/apache2/mods-enabled").iterdir())

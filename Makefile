@@ -13,7 +13,7 @@ TEST_DEPS := lintian mmdebstrap systemd-container ucf openssl python3-venv pytho
 	python3-jinja2 python3-yaml python3-bcrypt python3-debian python3-debconf \
 	python3-requests python3-signedjson python3-nacl python3-pexpect python3-psycopg2 \
 	postgresql iproute2 python3-aioice gnupg gpgv python3-dnspython python3-unpaddedbase64 \
-	python3-brotli wrk nghttp2-client gettext haproxy groff-base man-db
+	python3-brotli python3-twisted wrk nghttp2-client gettext haproxy groff-base man-db
 PIP_TOOLS := ruff mypy types-PyYAML matrix-nio
 
 .PHONY: all deps deb base-image unit lint system check bench demo demo-stop clean

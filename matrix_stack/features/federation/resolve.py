@@ -14,10 +14,11 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from matrix_stack.base.checks import Check, Status
-from matrix_stack.base.errors import SettingsError
+from matrix_stack.base.errors import CommandError, SettingsError
+from matrix_stack.base.run import last_line, run
+from matrix_stack.core.services import synapse_python
 from matrix_stack.core.settings import check_server_name_with_port
 
 DEFAULT_PORT = 8448
@@ -129,27 +130,72 @@ def fetch_url(url: str, timeout: float = TIMEOUT, cafile: str | None = None) -> 
                           final if final != url else "")
 
 
-def lookup_srv(
-    name: str, timeout: float = DNS_TIMEOUT, resolver: Any = None
-) -> list[SrvRecord] | None:
-    """Return the SRV records of name, or None when it has none; raise OSError on DNS failure."""
-    import dns.exception
-    import dns.resolver
+# Synapse looks SRV records up with Twisted's DNS client (synapse/http/federation/
+# srv_resolver.py: twisted.names.client.lookupService; NXDOMAIN means no records; answers other
+# than SRV are skipped). The check asks the same client, in Synapse's own Python, so it sees
+# what Synapse would: argv is the name, the timeout in seconds, and for tests a DNS server
+# HOST:PORT to ask instead of /etc/resolv.conf's. One line of JSON comes back.
+SRV_LOOKUP = """
+import json, sys
+from twisted.internet import defer, task
+from twisted.names import client, dns, error
 
-    resolver = resolver or dns.resolver.get_default_resolver()
+async def lookup(name, timeout, server):
+    if server:
+        host, _, port = server.rpartition(":")
+        resolver = client.Resolver(servers=[(host, int(port))])
+    else:
+        resolver = client.createResolver()
     try:
-        answer = resolver.resolve(name, "SRV", lifetime=timeout)
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        answers, _authority, _additional = await resolver.lookupService(name, (timeout,))
+    except error.DNSNameError:
+        return {"records": []}
+    except (error.DNSQueryTimeoutError, defer.TimeoutError):
+        return {"timeout": True}
+    except (error.DNSServerError, error.DNSQueryRefusedError):
+        return {"error": "no DNS server could answer"}
+    except error.DomainError as failure:
+        return {"error": f"{type(failure).__name__} {failure}".strip()}
+    return {"records": [
+        [answer.payload.priority, answer.payload.weight, answer.payload.port,
+         answer.payload.target.name.decode("ascii")]
+        for answer in answers if answer.type == dns.SRV and answer.payload]}
+
+def main(reactor):
+    async def run():
+        server = sys.argv[3] if len(sys.argv) > 3 else ""
+        print(json.dumps(await lookup(sys.argv[1], float(sys.argv[2]), server)))
+    return defer.ensureDeferred(run())
+
+task.react(main)
+"""
+
+
+def lookup_srv(
+    name: str, timeout: float = DNS_TIMEOUT, server: str | None = None
+) -> list[SrvRecord] | None:
+    """Return the SRV records of name, or None when it has none; raise OSError on DNS failure.
+
+    server: HOST:PORT of the DNS server to ask (tests), else those of /etc/resolv.conf.
+    """
+    argv = [str(synapse_python()), "-c", SRV_LOOKUP, name, f"{timeout:g}"]
+    try:
+        result = run([*argv, *([server] if server else [])], check=False, timeout=timeout + 30)
+    except CommandError as error:
+        raise OSError(f"cannot look SRV records up: {error}") from None
+    try:
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise OSError(f"cannot look SRV records up with Synapse's DNS client: "
+                      f"{last_line(result.stderr) or f'exit {result.returncode}'}") from None
+    if answer.get("timeout"):
+        raise OSError(f"no answer from the DNS server within {timeout:g} s")
+    if "error" in answer:
+        raise OSError(answer["error"])
+    records = [SrvRecord(priority, weight, port, target.rstrip("."))
+               for priority, weight, port, target in answer["records"]]
+    if not records:
         return None
-    except dns.exception.Timeout:
-        raise OSError(f"no answer from the DNS server within {timeout:g} s") from None
-    except dns.resolver.NoNameservers:
-        raise OSError("no DNS server could answer") from None
-    except dns.exception.DNSException as error:
-        raise OSError(str(error).split(";")[0] or type(error).__name__) from None
-    records = [
-        SrvRecord(r.priority, r.weight, r.port, str(r.target).rstrip(".")) for r in answer
-    ]
     return sorted(records, key=lambda record: (record.priority, -record.weight))
 
 

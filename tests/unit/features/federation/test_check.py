@@ -247,13 +247,13 @@ def test_discover_of_an_unknown_name_fails_the_dns_check() -> None:
 
 
 @pytest.fixture
-def dns_server() -> Iterator[Any]:
-    """A resolver asking a DNS server on loopback that knows _matrix-fed._tcp.example.org."""
+def dns_server() -> Iterator[str]:
+    """HOST:PORT of a DNS server on loopback that knows _matrix-fed._tcp.example.org, fails
+    (SERVFAIL) for broken.example.org's names and knows no other name."""
     import socket
 
     import dns.message
     import dns.rcode
-    import dns.resolver
     import dns.rrset
 
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -274,45 +274,45 @@ def dns_server() -> Iterator[Any]:
                 response.answer.append(dns.rrset.from_text(
                     name, 300, "IN", "SRV", "20 0 8449 backup.example.org.",
                     "10 5 8448 fed.example.org."))
+            elif name.endswith(".broken.example.org."):
+                response.set_rcode(dns.rcode.SERVFAIL)
             else:
                 response.set_rcode(dns.rcode.NXDOMAIN)
             server.sendto(response.to_wire(), client)
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = ["127.0.0.1"]
-    resolver.port = server.getsockname()[1]
-    yield resolver
+    yield f"127.0.0.1:{server.getsockname()[1]}"
     stop.set()
     thread.join()
     server.close()
 
 
-def test_lookup_srv_returns_records_by_priority(dns_server: Any) -> None:
+def test_lookup_srv_returns_records_by_priority(dns_server: str) -> None:
     records = lookup_srv("_matrix-fed._tcp.example.org", 2, dns_server)
 
     assert records == [SrvRecord(10, 5, 8448, "fed.example.org"),
                        SrvRecord(20, 0, 8449, "backup.example.org")]
 
 
-def test_lookup_srv_of_a_missing_name_returns_none(dns_server: Any) -> None:
+def test_lookup_srv_of_a_missing_name_returns_none(dns_server: str) -> None:
     assert lookup_srv("_matrix._tcp.example.org", 2, dns_server) is None
+
+
+def test_lookup_srv_of_a_failing_server_raises_oserror(dns_server: str) -> None:
+    with pytest.raises(OSError, match="^no DNS server could answer$"):
+        lookup_srv("_matrix._tcp.broken.example.org", 2, dns_server)
 
 
 def test_lookup_srv_without_an_answering_server_raises_oserror_in_time() -> None:
     import socket
 
-    import dns.resolver
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = ["127.0.0.1"]
-        resolver.port = silent.getsockname()[1]
         started = time.monotonic()
         with pytest.raises(OSError, match="no answer from the DNS server within 0.5 s"):
-            lookup_srv("_matrix-fed._tcp.example.org", 0.5, resolver)
+            lookup_srv("_matrix-fed._tcp.example.org", 0.5,
+                       f"127.0.0.1:{silent.getsockname()[1]}")
     assert time.monotonic() - started < 3
 
 

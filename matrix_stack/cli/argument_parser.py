@@ -29,6 +29,16 @@ class HelpFormatter(argparse.HelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser with the formatter above; its subcommands get the same class."""
 
+    # While a list (help_cache's miss on a command's --help), --help appends the parser's
+    # prog and help text to it instead of printing them (argparse's help action then exits).
+    kept_help: list[tuple[str, str]] | None = None
+
     def __init__(self, *arguments: Any, **options: Any) -> None:
         options.setdefault("formatter_class", HelpFormatter)
         super().__init__(*arguments, **options)
+
+    def print_help(self, file: Any = None) -> None:
+        if ArgumentParser.kept_help is not None and file is None:
+            ArgumentParser.kept_help.append((self.prog, self.format_help()))
+            return
+        super().print_help(file)

@@ -79,20 +79,33 @@ def keep_help(path: str, key: str, text: str) -> None:
         return
 
 
-def print_help(columns: int, sources: Sequence[str], render: Callable[[], str]) -> None:
-    """Print the top-level help as argparse would (render formats it), then exit 0.
+def print_help(
+    columns: int, sources: Sequence[str], render: Callable[[], tuple[str, bool]],
+    command: Sequence[str] = (),
+) -> None:
+    """Print the help of the command (words such as user add; none: the top level) as
+    argparse would, then exit 0.
 
-    sources are the files of the modules that make the parser.
+    sources are the files of the modules that make the parser; render formats the help and
+    says whether it may be kept (the help of exactly that command).
     """
     key = help_key(columns, sources)
-    path = HELP_PATH.format(columns=columns)
+    path = HELP_PATH.format(columns=columns) + "".join(f".{word}" for word in command)
     text = cached_help(path, key)
     if text is None:
-        text = render()
-        keep_help(path, key, text)
+        text, keep = render()
+        if keep:
+            keep_help(path, key, text)
     # As argparse's print_help and exit; contextlib.suppress would import functools and more.
     try:  # noqa: SIM105
         sys.stdout.write(text)
     except (AttributeError, OSError):
         pass
     sys.exit(0)
+
+
+def is_command_word(word: str) -> bool:
+    """Return whether word could name a command: lower-case letters and digits, inner hyphens
+    (without re, which costs the command line milliseconds)."""
+    return bool(word) and word.strip("-") == word and all(
+        "a" <= char <= "z" or "0" <= char <= "9" or char == "-" for char in word)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from matrix_stack import __version__
@@ -112,16 +113,40 @@ def run_apply(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_help(words: Sequence[str]) -> tuple[str, bool]:
+    """Return the help argparse prints for words --help, and whether it is the help of exactly
+    that command (user deactivate alice --help prints user deactivate's: not to be kept)."""
+    from matrix_stack.cli.argument_parser import ArgumentParser
+
+    if not words:
+        return build_parser(["--help"]).format_help(), True
+    kept: list[tuple[str, str]] = []
+    ArgumentParser.kept_help = kept
+    try:
+        build_parser(words).parse_args([*words, "--help"])
+    except SystemExit as done:
+        if done.code:
+            raise
+    finally:
+        ArgumentParser.kept_help = None
+    prog, text = kept[0]
+    return text, prog == " ".join((PROGRAM, *words))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments_given = sys.argv[1:] if argv is None else list(argv)
-    if arguments_given in (["--help"], ["-h"]):
+    words = arguments_given[:-1]
+    if arguments_given[-1:] in (["--help"], ["-h"]) and len(words) <= 3:
         from matrix_stack.cli import help_cache
 
-        here = __file__.rpartition("/")[0]
-        help_cache.print_help(
-            help_cache.terminal_columns(), (__file__, f"{here}/argument_parser.py"),
-            lambda: build_parser(arguments_given).format_help(),
-        )
+        if all(help_cache.is_command_word(word) for word in words):
+            here = __file__.rpartition("/")[0]
+            # A command's parser is made by its module and those it imports: all of cli/.
+            sources = [f"{here}/{name}" for name in sorted(os.listdir(here))
+                       if name.endswith(".py")] if words else [__file__,
+                                                               f"{here}/argument_parser.py"]
+            help_cache.print_help(help_cache.terminal_columns(), sources,
+                                  lambda: command_help(words), words)
     parser = build_parser(arguments_given)
     arguments = parser.parse_args(arguments_given)
     try:

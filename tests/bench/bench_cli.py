@@ -137,7 +137,9 @@ def print_cli_table(container: Container, accounts: int, rounds: int = 15) -> No
         print(f"  synadm: {why_not}")
     median = {name: statistics.median(values) for name, values in times.items()}
     floor = median["python3 -c pass (floor)"]
-    print(f"  --help / bare Python: {median['matrix-stack-admin --help'] / floor:.2f}")
+    print(f"  --help / bare Python: {median['matrix-stack-admin --help'] / floor:.2f}; "
+          f"user list --help / bare Python: "
+          f"{median['matrix-stack-admin user list --help'] / floor:.2f}")
     listing = median[f"matrix-stack-admin user list --json ({accounts} accounts)"]
     if synadm in median:
         print(f"  user list --json / synadm: {listing / median[synadm]:.2f}")

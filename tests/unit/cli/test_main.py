@@ -241,3 +241,39 @@ def test_the_help_cache_lies_where_purge_removes_it() -> None:
     from matrix_stack.cli import help_cache
 
     assert str(paths.STATE_DIR) == help_cache.STATE_DIR
+
+
+def test_a_commands_help_is_kept_too_and_only_for_a_command(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+
+    def run(*words: str, cache: Path = kept) -> tuple[str, str]:
+        program = (
+            "import sys; from matrix_stack.cli import help_cache; "
+            f"help_cache.HELP_PATH = {str(cache)!r} + '/help-{{columns}}'; "
+            "from matrix_stack.cli.main import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as done:\n"
+            "    print('argparse' in sys.modules, done.code, file=sys.stderr)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", program, *words], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": str(root), "COLUMNS": "90"})
+        return result.stdout, result.stderr.strip().splitlines()[-1]
+
+    # argparse's own text: no directory to keep anything in.
+    plain = run("user", "add", "--help", cache=tmp_path / "none")
+    first, second = run("user", "add", "--help"), run("user", "add", "-h")
+
+    assert plain[0].startswith("usage: matrix-stack-admin user add ")
+    assert first == (plain[0], "True 0")
+    assert second == (plain[0], "False 0"), "printed from what the first run kept"
+    assert run("user", "deactivate", "alice", "--help")[0].startswith(
+        "usage: matrix-stack-admin user deactivate ")
+    assert run("user", "--help")[1] == "True 0"
+    assert run("user", "bogus", "--help") == ("", "True 2"), "argparse's usage error, as before"
+    assert sorted(path.name for path in kept.iterdir()) == ["help-90.user", "help-90.user.add"]

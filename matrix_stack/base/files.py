@@ -171,7 +171,8 @@ def create_exclusive(
     """Create a new file, owner and mode set on its descriptor; return it open for writing.
 
     Never an existing file and never through a link at its name (O_EXCL, O_NOFOLLOW), so a
-    link planted where root writes cannot hand root's powers to whoever planted it.
+    link planted where root writes cannot hand root's powers to whoever planted it. A uid or
+    gid of -1 leaves that one as created (the caller's).
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     descriptor = os.open(path, flags, 0o600, dir_fd=dir_fd)
@@ -209,12 +210,8 @@ def replace_file(
     open_directory, so a link planted on the way cannot send the file elsewhere."""
     with opened_directory(target.parent, create=True) as directory:
         temporary = f".{target.name}.new-{secrets.token_hex(6)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        descriptor = os.open(temporary, flags, 0o600, dir_fd=directory)
+        descriptor = create_exclusive(temporary, *(ids or (-1, -1)), mode, dir_fd=directory)
         try:
-            if ids is not None and ids != (os.geteuid(), os.getegid()):
-                os.fchown(descriptor, *ids)
-            os.fchmod(descriptor, mode)
             with os.fdopen(descriptor, "wb") as stream:
                 stream.write(data)
                 stream.flush()

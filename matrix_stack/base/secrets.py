@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matrix_stack.base.errors import MatrixStackError
-from matrix_stack.base.files import host_path, lookup_ids, replace_file, sets_ownership
+from matrix_stack.base.files import (
+    create_exclusive,
+    host_path,
+    lookup_ids,
+    opened_directory,
+    replace_file,
+    sets_ownership,
+)
 from matrix_stack.base.paths import SECRETS_DIR
 
 REGISTRATION_SECRET_PATH = SECRETS_DIR / "registration_shared_secret"
@@ -72,23 +79,18 @@ def ensure_secret(
                 "and try again"
             )
         return stored
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if value is None:
         value = random_source.token_urlsafe(48)
     if not value or "\n" in value:
         raise MatrixStackError(f"the secret for {path} is empty or not one line")
-    previous_umask = os.umask(0o077)
-    try:
-        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    finally:
-        os.umask(previous_umask)
-    try:
-        if sets_ownership(root):
-            os.fchown(descriptor, *lookup_ids(owner, "root"))
-        os.write(descriptor, (value + "\n").encode("utf-8"))
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    ids = lookup_ids(owner, "root") if sets_ownership(root) else (-1, -1)
+    with opened_directory(target.parent, create=True) as directory:
+        descriptor = create_exclusive(target.name, *ids, 0o600, dir_fd=directory)
+        try:
+            os.write(descriptor, (value + "\n").encode("utf-8"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -150,3 +151,20 @@ def test_an_accepted_database_password_is_renamed_over_the_old_file(tmp_path: Pa
     path = tmp_path / "etc/matrix-stack/secrets/database.pgpass"
     assert (path.read_text(), path.stat().st_ino) == ("*:*:*:*:new\n", seen[0])
     assert [entry.name for entry in path.parent.iterdir()] == ["database.pgpass"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
+def test_a_new_secret_is_never_written_through_a_link_another_account_planted(
+    tmp_path: Path,
+) -> None:
+    stack = tmp_path / "etc/matrix-stack"
+    stack.mkdir(parents=True)
+    os.chown(stack, 65534, 65534)  # an account that could swap secrets/ for a link
+    elsewhere = tmp_path / "root-only"
+    elsewhere.mkdir()
+    (stack / "secrets").symlink_to(elsewhere)
+
+    with pytest.raises(MatrixStackError, match="is a link in a directory another account can"):
+        ensure_secrets(tmp_path)
+
+    assert list(elsewhere.iterdir()) == []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_dns import fake_dns_server
 from tests.system import stack
 from tests.system.stack import SERVER, https, install, set_stack_value, unit_runs
 from tests.system.testbed import Container, Target, http_request, wait_for
@@ -183,6 +184,28 @@ def test_autopkgtest_smoke_passes_on_the_installed_stack(ct: Container) -> None:
     ct.copy_in(smoke, "/root/smoke", mode=0o755)
     result = ct.run(["/root/smoke"])
     assert result.stdout.count("ok: ") == 6, result.stdout
+
+
+# The federation check looks SRV records up with Synapse's own DNS client (Twisted's, in
+# Synapse's Python: the venv of matrix-synapse-py3, or python3-twisted with Debian's package).
+SRV_LOOKUP = (
+    "import sys; sys.path.insert(0, '/usr/share/matrix-stack')\n"
+    "from matrix_stack.features.federation.resolve import lookup_srv\n"
+    "for name in ('_matrix-fed._tcp.example.org', '_matrix._tcp.example.org'):\n"
+    "    found = lookup_srv(name, 5, sys.argv[1])\n"
+    "    print(name, found and [(r.priority, r.weight, r.port, r.target) for r in found])\n"
+)
+
+
+def test_srv_records_are_looked_up_with_synapses_own_dns_client(ct: Container) -> None:
+    with fake_dns_server() as server:  # on the host's loopback, which the container shares
+        found = ct.run(["python3", "-c", SRV_LOOKUP, server]).stdout.splitlines()
+
+    assert found == [
+        "_matrix-fed._tcp.example.org [(10, 5, 8448, 'fed.example.org'), "
+        "(20, 0, 8449, 'backup.example.org')]",
+        "_matrix._tcp.example.org None",
+    ]
 
 
 def test_doctor_checks_everything_and_fails_on_what_is_wrong(ct: Container) -> None:

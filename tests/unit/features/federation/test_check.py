@@ -37,6 +37,7 @@ from matrix_stack.features.federation.resolve import (
     parse_server_name,
     parse_well_known,
 )
+from tests.fake_dns import fake_dns_server
 
 NOW = 1_800_000_000.0
 SIGNING_KEY = generate_signing_key("auto")
@@ -248,44 +249,8 @@ def test_discover_of_an_unknown_name_fails_the_dns_check() -> None:
 
 @pytest.fixture
 def dns_server() -> Iterator[str]:
-    """HOST:PORT of a DNS server on loopback that knows _matrix-fed._tcp.example.org, fails
-    (SERVFAIL) for broken.example.org's names and knows no other name."""
-    import socket
-
-    import dns.message
-    import dns.rcode
-    import dns.rrset
-
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                wire, client = server.recvfrom(4096)
-            except TimeoutError:
-                continue
-            query = dns.message.from_wire(wire)
-            response = dns.message.make_response(query)
-            name = query.question[0].name.to_text()
-            if name == "_matrix-fed._tcp.example.org.":
-                response.answer.append(dns.rrset.from_text(
-                    name, 300, "IN", "SRV", "20 0 8449 backup.example.org.",
-                    "10 5 8448 fed.example.org."))
-            elif name.endswith(".broken.example.org."):
-                response.set_rcode(dns.rcode.SERVFAIL)
-            else:
-                response.set_rcode(dns.rcode.NXDOMAIN)
-            server.sendto(response.to_wire(), client)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    server.close()
+    with fake_dns_server() as server:
+        yield server
 
 
 def test_lookup_srv_returns_records_by_priority(dns_server: str) -> None:

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.system.testbed import Container, Response, https_request, wait_for
+import pytest
+
+from tests.system.testbed import Container, Response, Target, https_request, wait_for
 
 SERVER = "matrix.example.test"
 APT = ["apt-get", "-y", "-o", "Acquire::Check-Valid-Until=false"]
@@ -20,6 +22,12 @@ SELF_SIGNED_CERT = "/etc/matrix-stack/tls/self-signed.crt"
 TEMPLATES = Path(__file__).resolve().parents[2] / "debian" / "matrix-stack.templates"
 HOSTS_MARK = "# matrix-stack system test"
 SYNAPSE_URL = "http://127.0.0.1:8008"
+# What matrix-stack/workers needs installed first (the package installs none of them), and
+# the answers that turn workers on.
+WORKER_PACKAGES = ("postgresql", "python3-psycopg2", "valkey-server")
+WORKER_ANSWERS = {"database": "postgresql", "workers": "auto"}
+WORKERS_SKIP_REASON = (
+    "workers need Synapse's Redis client (txredisapi): matrix-synapse-py3 only")
 
 
 def question_types() -> dict[str, str]:
@@ -51,6 +59,12 @@ def apt_install(container: Container, *packages: str, check: bool = True) -> Any
         # mmdebstrap leaves no package lists: fetch them so apt can resolve dependencies.
         container.run([*APT, "update"], timeout=600)
     return container.run([*APT, "install", *packages], check=check, timeout=900)
+
+
+def skip_unless_workers_run(target: Target) -> None:
+    """Skip the test on a target whose Synapse cannot run workers (Debian's matrix-synapse)."""
+    if target.synapse_package != "matrix-synapse-py3":
+        pytest.skip(WORKERS_SKIP_REASON)
 
 
 def install(container: Container, deb: Path, *, check: bool = True) -> Any:
@@ -137,6 +151,15 @@ def wait_for_client_api(container: Container, server_name: str = SERVER, **kwarg
     )
 
 
+def wait_for_workers(container: Container) -> None:
+    """Wait until every worker is active, answering and connected to replication."""
+    wait_for(
+        lambda: container.run(["matrix-stack-admin", "workers", "status"],
+                              check=False).returncode == 0,
+        timeout=120, interval=2, what="every Synapse worker to be ready",
+    )
+
+
 def unit_start(container: Container, unit: str) -> str:
     """Return what identifies the current run of a unit: main PID and start time."""
     result = container.run(
@@ -145,10 +168,15 @@ def unit_start(container: Container, unit: str) -> str:
     return result.stdout.strip().replace("\n", " ")
 
 
+def journal(container: Container, unit: str) -> str:
+    """Return every line a unit (or a pattern of units) logged in the journal, message only."""
+    return container.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager"],
+                         check=False).stdout
+
+
 def reload_count(container: Container, unit: str) -> int:
     """Return how many times systemd reloaded a unit (Apache reloads keep their main PID)."""
-    result = container.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager"], check=False)
-    return len(re.findall(r"^Reloaded ", result.stdout, re.M))
+    return len(re.findall(r"^Reloaded ", journal(container, unit), re.M))
 
 
 @contextmanager

@@ -1,6 +1,10 @@
 """Users and passwords on a booted stack, checked with a real Matrix client (matrix-nio).
 
 The stack is installed with a preseeded administrator; the tests then share it in file order.
+They run twice: on the monolith (SQLite, one Synapse process), then, on matrix-synapse-py3
+only, on PostgreSQL with matrix-stack/workers: auto. Client requests go through Apache on 443,
+as a client's do (so, with workers, to the worker that serves them); only the admin API,
+which Apache never proxies, is reached on 127.0.0.1:8008.
 """
 
 from __future__ import annotations
@@ -18,21 +22,29 @@ from typing import Any
 import pytest
 
 from tests.system import stack
-from tests.system.stack import SERVER, host_resolves, install, preseed
-from tests.system.stack import synapse_request as client_api
-from tests.system.testbed import Container, wait_for
+from tests.system.stack import SERVER, apt_install, host_resolves, install, preseed
+from tests.system.stack import synapse_request as admin_api
+from tests.system.testbed import Container, Target, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.every_target]
 
 ADMIN_PASSWORD = "Boot-strap-S3cret"
 
 
-@pytest.fixture(scope="module")
-def ct(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
-    container = Container(base_tarball, name="users", hostname=SERVER)
+@pytest.fixture(scope="module", params=["monolith", "workers"])
+def ct(request: pytest.FixtureRequest, target: Target, base_tarball: Path,
+       deb_path: Path) -> Iterator[Container]:
+    workers = request.param == "workers"
+    if workers:
+        stack.skip_unless_workers_run(target)
+    container = Container(base_tarball, name=f"users-{request.param}", hostname=SERVER)
     try:
         container.boot()
-        preseed(container, {"admin-user": "admin", "admin-password": ADMIN_PASSWORD})
+        answers = {"admin-user": "admin", "admin-password": ADMIN_PASSWORD}
+        if workers:
+            apt_install(container, *stack.WORKER_PACKAGES)
+            answers.update(stack.WORKER_ANSWERS)
+        preseed(container, answers)
         result = install(container, deb_path)
         assert f"matrix-stack: created the administrator @admin:{SERVER}" in (
             result.stdout + result.stderr
@@ -47,15 +59,19 @@ def ct(base_tarball: Path, deb_path: Path) -> Iterator[Container]:
             "  account: {per_second: 1000, burst_count: 1000}\n"
             "  failed_attempts: {per_second: 1000, burst_count: 1000}\n",
         )
-        container.run(["systemctl", "restart", "matrix-synapse"])
+        # With workers, every Synapse process reads it (they are PartOf= the target).
+        container.run(["systemctl", "restart",
+                       "matrix-synapse.target" if workers else "matrix-synapse"])
         stack.wait_for_client_api(container)
+        if workers:
+            stack.wait_for_workers(container)
         # A fresh Synapse builds indexes in the background for a while; some admin API calls
         # (re-activation on SQLite) fail until they are done, as on any new server.
         container.run(["matrix-stack-admin", "user", "list"])
         token = container.read_file("/var/lib/matrix-stack/admin-token").strip()
         wait_for(
-            lambda: not client_api("GET", "/_synapse/admin/v1/background_updates/status",
-                                   token=token)[1].get("current_updates"),
+            lambda: not admin_api("GET", "/_synapse/admin/v1/background_updates/status",
+                                  token=token)[1].get("current_updates"),
             timeout=300, interval=3, what="Synapse's background updates to finish",
         )
         with host_resolves(SERVER):
@@ -72,8 +88,17 @@ def admin(ct: Container, *args: str, password: str | None = None, check: bool = 
     return ct.run(argv, input=password, check=check)
 
 
-def login(user: str, password: str) -> tuple[int, str | None]:
-    status, body = client_api("POST", "/_matrix/client/v3/login", {
+def client_api(ct: Container, method: str, path: str, body: Any = None,
+               token: str | None = None) -> tuple[int, Any]:
+    """One client API request, through Apache on 443 as a client's; return the status and
+    the JSON body, errors included."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = stack.https(ct, path, method=method, body=body, headers=headers)
+    return response.status, response.json() if response.body else {}
+
+
+def login(ct: Container, user: str, password: str) -> tuple[int, str | None]:
+    status, body = client_api(ct, "POST", "/_matrix/client/v3/login", {
         "type": "m.login.password",
         "identifier": {"type": "m.id.user", "user": user},
         "password": password,
@@ -81,8 +106,8 @@ def login(user: str, password: str) -> tuple[int, str | None]:
     return status, body.get("access_token")
 
 
-def whoami(token: str) -> int:
-    return int(client_api("GET", "/_matrix/client/v3/account/whoami", token=token)[0])
+def whoami(ct: Container, token: str) -> int:
+    return int(client_api(ct, "GET", "/_matrix/client/v3/account/whoami", token=token)[0])
 
 
 def nio_login_and_send(ct: Container, user: str, password: str) -> str:
@@ -109,9 +134,9 @@ def nio_login_and_send(ct: Container, user: str, password: str) -> str:
 
 
 def test_preseeded_admin_exists_and_its_password_left_debconf(ct: Container) -> None:
-    status, token = login("admin", ADMIN_PASSWORD)
+    status, token = login(ct, "admin", ADMIN_PASSWORD)
     assert status == 200 and token
-    status, body = client_api("GET", f"/_synapse/admin/v2/users/@admin:{SERVER}", token=token)
+    status, body = admin_api("GET", f"/_synapse/admin/v2/users/@admin:{SERVER}", token=token)
     assert status == 200 and body["admin"] is True
     leftovers = ct.run(["grep", "-rl", ADMIN_PASSWORD, "/var/cache/debconf"], check=False)
     assert leftovers.stdout == ""
@@ -141,7 +166,7 @@ def test_adding_an_existing_user_fails_unless_exists_ok(ct: Container) -> None:
     )
     result = admin(ct, "user", "add", "alice", "--exists-ok", password="other")
     assert result.stdout == f"@alice:{SERVER} already exists: left unchanged\n"
-    assert login("alice", "alice-pw-1")[0] == 200
+    assert login(ct, "alice", "alice-pw-1")[0] == 200
 
 
 def test_user_of_another_server_is_refused_in_one_line(ct: Container) -> None:
@@ -153,21 +178,21 @@ def test_user_of_another_server_is_refused_in_one_line(ct: Container) -> None:
 
 
 def test_online_passwd_ends_sessions_and_changes_the_password(ct: Container) -> None:
-    _, old_token = login("alice", "alice-pw-1")
-    assert old_token and whoami(old_token) == 200
+    _, old_token = login(ct, "alice", "alice-pw-1")
+    assert old_token and whoami(ct, old_token) == 200
     result = admin(ct, "passwd", "alice", password="alice-pw-2")
     assert result.stdout == f"password of @alice:{SERVER} changed; every session ended\n"
-    assert whoami(old_token) == 401
-    assert login("alice", "alice-pw-2")[0] == 200
-    assert login("alice", "alice-pw-1")[0] == 403
+    assert whoami(ct, old_token) == 401
+    assert login(ct, "alice", "alice-pw-2")[0] == 200
+    assert login(ct, "alice", "alice-pw-1")[0] == 403
 
 
 def test_online_passwd_can_keep_sessions(ct: Container) -> None:
-    _, token = login("alice", "alice-pw-2")
+    _, token = login(ct, "alice", "alice-pw-2")
     assert token
     admin(ct, "passwd", "alice", "--keep-sessions", password="alice-pw-3")
-    assert whoami(token) == 200
-    assert login("alice", "alice-pw-3")[0] == 200
+    assert whoami(ct, token) == 200
+    assert login(ct, "alice", "alice-pw-3")[0] == 200
 
 
 def test_offline_passwd_is_refused_while_synapse_runs(ct: Container) -> None:
@@ -179,7 +204,7 @@ def test_offline_passwd_is_refused_while_synapse_runs(ct: Container) -> None:
 def test_offline_passwd_with_synapse_stopped_changes_password_and_ends_sessions(
     ct: Container,
 ) -> None:
-    _, old_token = login("alice", "alice-pw-3")
+    _, old_token = login(ct, "alice", "alice-pw-3")
     assert old_token
     ct.run(["systemctl", "stop", "matrix-synapse"])
     try:
@@ -189,20 +214,20 @@ def test_offline_passwd_with_synapse_stopped_changes_password_and_ends_sessions(
     finally:
         ct.run(["systemctl", "start", "matrix-synapse"])
     stack.wait_for_client_api(ct)
-    assert login("alice", "pässwörd-fi-4")[0] == 200  # NFKC: ﬁ is fi, as Synapse hashes
-    assert login("alice", "alice-pw-3")[0] == 403
-    assert whoami(old_token) == 401
+    assert login(ct, "alice", "pässwörd-fi-4")[0] == 200  # NFKC: ﬁ is fi, as Synapse hashes
+    assert login(ct, "alice", "alice-pw-3")[0] == 403
+    assert whoami(ct, old_token) == 401
 
 
 def test_deactivated_user_cannot_log_in(ct: Container) -> None:
     admin(ct, "user", "add", "dave", password="dave-pw")
-    assert login("dave", "dave-pw")[0] == 200
+    assert login(ct, "dave", "dave-pw")[0] == 200
     refused = admin(ct, "user", "deactivate", "dave", check=False)
     assert refused.returncode == 1
     assert refused.stderr == "matrix-stack-admin: no terminal to confirm on: add --yes\n"
     result = admin(ct, "user", "deactivate", "dave", "--yes")
     assert result.stdout == f"deactivated @dave:{SERVER}\n"
-    assert login("dave", "dave-pw")[0] == 403
+    assert login(ct, "dave", "dave-pw")[0] == 403
     listed = [row["user_id"] for row in json.loads(admin(ct, "user", "list", "--json").stdout)]
     assert f"@dave:{SERVER}" not in listed
     everyone = json.loads(admin(ct, "user", "list", "--json", "--all").stdout)
@@ -215,22 +240,18 @@ def test_deactivated_user_cannot_log_in(ct: Container) -> None:
     assert stack.stat(ct, "/var/lib/matrix-stack/user-names") == "root:root 600"
 
 
-def admin_flag(user: str) -> bool:
-    token = ADMIN_TOKEN[0]
-    status, body = client_api("GET", f"/_synapse/admin/v2/users/@{user}:{SERVER}", token=token)
+def admin_flag(ct: Container, user: str) -> bool:
+    token = ct.read_file("/var/lib/matrix-stack/admin-token").strip()
+    status, body = admin_api("GET", f"/_synapse/admin/v2/users/@{user}:{SERVER}", token=token)
     assert status == 200, body
     return bool(body["admin"])
 
 
-ADMIN_TOKEN: list[str] = []
-
-
 def test_user_modify_grants_and_removes_admin_but_never_the_last(ct: Container) -> None:
-    ADMIN_TOKEN.append(ct.read_file("/var/lib/matrix-stack/admin-token").strip())
     admin(ct, "user", "modify", "alice", "--admin")
-    assert admin_flag("alice") is True
+    assert admin_flag(ct, "alice") is True
     admin(ct, "user", "modify", "alice", "--no-admin")
-    assert admin_flag("alice") is False
+    assert admin_flag(ct, "alice") is False
     admin(ct, "user", "modify", "bob", "--no-admin")
     refused = admin(ct, "user", "modify", "admin", "--no-admin", check=False)
     assert refused.returncode == 1
@@ -238,28 +259,28 @@ def test_user_modify_grants_and_removes_admin_but_never_the_last(ct: Container) 
         f"matrix-stack-admin: @admin:{SERVER} is the last administrator: make another one "
         "first (matrix-stack-admin user modify NAME --admin)\n"
     )
-    assert admin_flag("admin") is True
+    assert admin_flag(ct, "admin") is True
     result = admin(ct, "user", "modify", "alice", "--displayname", "Alice A.")
     assert result.stdout == f"modified @alice:{SERVER}: displayname 'Alice A.'\n"
 
 
 def test_reactivated_user_logs_in_with_the_new_password(ct: Container) -> None:
-    assert login("dave", "dave-pw")[0] == 403  # deactivated by an earlier test
+    assert login(ct, "dave", "dave-pw")[0] == 403  # deactivated by an earlier test
     result = admin(ct, "user", "modify", "dave", "--reactivate", password="dave-pw-2")
     assert result.stdout == f"modified @dave:{SERVER}: re-activated, new password\n"
-    assert login("dave", "dave-pw-2")[0] == 200
+    assert login(ct, "dave", "dave-pw-2")[0] == 200
 
 
 def test_user_show_and_logout_one_device_then_all(ct: Container) -> None:
     admin(ct, "user", "add", "erin", password="erin-pw")
-    first = client_api("POST", "/_matrix/client/v3/login", {
+    first = client_api(ct, "POST", "/_matrix/client/v3/login", {
         "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "erin"},
         "password": "erin-pw", "initial_device_display_name": "laptop"})[1]
-    second = client_api("POST", "/_matrix/client/v3/login", {
+    second = client_api(ct, "POST", "/_matrix/client/v3/login", {
         "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "erin"},
         "password": "erin-pw", "initial_device_display_name": "phone"})[1]
     for session in (first, second):
-        assert whoami(session["access_token"]) == 200
+        assert whoami(ct, session["access_token"]) == 200
 
     def shown_with_addresses() -> Any:
         # Synapse writes each device's last address in batches, a few seconds late.
@@ -275,17 +296,17 @@ def test_user_show_and_logout_one_device_then_all(ct: Container) -> None:
     assert "devices:      2" in text and "laptop" in text
     result = admin(ct, "user", "logout", "erin", "--device", first["device_id"])
     assert result.stdout == f"ended 1 session(s) of @erin:{SERVER}\n"
-    assert whoami(first["access_token"]) == 401
-    assert whoami(second["access_token"]) == 200
+    assert whoami(ct, first["access_token"]) == 401
+    assert whoami(ct, second["access_token"]) == 200
     admin(ct, "user", "logout", "erin")
-    assert whoami(second["access_token"]) == 401
+    assert whoami(ct, second["access_token"]) == 401
     assert json.loads(admin(ct, "user", "show", "erin", "--json").stdout)["device_count"] == 0
 
 
-def register_with_token(user: str, token: str) -> int:
+def register_with_token(ct: Container, user: str, token: str) -> int:
     """Register through the client API's interactive auth, with a registration token."""
     body: dict[str, Any] = {"username": user, "password": f"{user}-pw"}
-    status, reply = client_api("POST", "/_matrix/client/v3/register", body)
+    status, reply = client_api(ct, "POST", "/_matrix/client/v3/register", body)
     for _ in range(3):
         if status != 401:
             return status
@@ -297,7 +318,8 @@ def register_with_token(user: str, token: str) -> int:
         auth: dict[str, Any] = {"type": stage, "session": session}
         if stage == "m.login.registration_token":
             auth["token"] = token
-        status, reply = client_api("POST", "/_matrix/client/v3/register", {**body, "auth": auth})
+        status, reply = client_api(ct, "POST", "/_matrix/client/v3/register",
+                                   {**body, "auth": auth})
     return status
 
 
@@ -314,14 +336,14 @@ def test_registration_tokens_create_accounts_only_as_allowed(ct: Container) -> N
     made = admin(ct, "token", "new", "--uses", "1", "--expires", "7d").stdout.splitlines()
     token = made[0]
     assert made[1] == f"register at: https://element.{SERVER}/#/register"
-    assert register_with_token("frank", token) == 200
-    assert register_with_token("grace", token) == 401
+    assert register_with_token(ct, "frank", token) == 200
+    assert register_with_token(ct, "grace", token) == 401
     listed = json.loads(admin(ct, "token", "list", "--json").stdout)
     row = next(row for row in listed if row["token"] == token)
     assert row["uses_allowed"] == 1 and row["uses_left"] == 0 and row["expires"]
     spare = admin(ct, "token", "new").stdout.splitlines()[0]
     assert admin(ct, "token", "revoke", spare).stdout == "token revoked\n"
-    assert register_with_token("heidi", spare) == 401
+    assert register_with_token(ct, "heidi", spare) == 401
     assert spare not in admin(ct, "token", "list").stdout
     stack.set_stack_value(ct, "registration", "disabled")
     ct.run(["matrix-stack-admin", "apply"])
@@ -343,8 +365,8 @@ def test_user_list_returns_every_page(ct: Container) -> None:
     token = ct.read_file("/var/lib/matrix-stack/admin-token").strip()
     for index in range(260):
         user_id = urllib.parse.quote(f"@bulk{index:03d}:{SERVER}", safe="")
-        status, _ = client_api("PUT", f"/_synapse/admin/v2/users/{user_id}",
-                               {"password": f"bulk-{index}"}, token=token)
+        status, _ = admin_api("PUT", f"/_synapse/admin/v2/users/{user_id}",
+                              {"password": f"bulk-{index}"}, token=token)
         assert status in (200, 201)
     listed = json.loads(admin(ct, "user", "list", "--json").stdout)
     bulk = [row["user_id"] for row in listed if row["user_id"].startswith("@bulk")]
@@ -358,3 +380,13 @@ def test_passwords_never_reach_argv_or_the_journal(ct: Container) -> None:
     journal = ct.run(["journalctl", "--no-pager", "-o", "cat"]).stdout
     for secret in (ADMIN_PASSWORD, "alice-pw-1", "bob-pw-1", "dave-pw"):
         assert secret not in journal
+
+
+def test_with_workers_the_client_worker_served_the_client_requests(ct: Container) -> None:
+    if not list(ct.path("/etc/matrix-synapse/workers").glob("*.yaml")):
+        pytest.skip("the monolith run has no workers")
+    served = stack.journal(ct, "matrix-synapse-worker@client*")
+    for request in ('"POST /_matrix/client/v3/login HTTP/1.1"',
+                    '"GET /_matrix/client/v3/account/whoami HTTP/1.1"',
+                    '"POST /_matrix/client/v3/register HTTP/1.1"'):
+        assert request in served, request

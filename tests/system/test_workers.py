@@ -24,7 +24,7 @@ import pytest
 
 from matrix_stack.core.worker_routes import hex_partitions
 from tests.system import stack
-from tests.system.stack import SERVER, add_user, apt_install, install, preseed
+from tests.system.stack import SERVER, add_user, apt_install, install, journal, preseed
 from tests.system.testbed import Container, Target, http_request, wait_for
 
 pytestmark = [pytest.mark.system]
@@ -32,13 +32,12 @@ pytestmark = [pytest.mark.system]
 
 @pytest.fixture()
 def workers_stack(base_tarball: Path, deb_path: Path, target: Target) -> Iterator[Container]:
-    if target.synapse_package != "matrix-synapse-py3":
-        pytest.skip("workers need Synapse's Redis client (txredisapi): matrix-synapse-py3 only")
+    stack.skip_unless_workers_run(target)
     container = Container(base_tarball, name="workers", hostname=SERVER)
     try:
         container.boot()
-        apt_install(container, "postgresql", "python3-psycopg2", "valkey-server")
-        preseed(container, {"database": "postgresql", "workers": "auto"})
+        apt_install(container, *stack.WORKER_PACKAGES)
+        preseed(container, stack.WORKER_ANSWERS)
         install(container, deb_path)
         stack.wait_for_client_api(container)
         yield container
@@ -76,10 +75,6 @@ def send(ct: Container, token: str, room: str, text: str) -> None:
     path = (f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/send/m.room.message/"
             f"{time.monotonic_ns()}")
     api(ct, "PUT", path, token, {"msgtype": "m.text", "body": text})
-
-
-def journal(ct: Container, unit: str) -> str:
-    return ct.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager"], check=False).stdout
 
 
 def worker_units(ct: Container) -> list[str]:

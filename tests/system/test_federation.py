@@ -1,257 +1,60 @@
-"""Federation between three booted stacks on a private bridge (TESTBED.md §3).
+"""Federation between booted stacks on a private bridge (tests/system/federation_testbed.py).
 
-A and B allow each other; C allows A, but A does not allow C. Each stack is installed during a
-first boot on the host's network (apt needs the mirror); then all three boot again on a bridge
-with static addresses, an /etc/hosts naming the other stacks, a test CA in their trust store
-(A and B have certificates from it, C keeps its self-signed one) and a test-only conf.d file
-that lets Synapse reach the private test range. The tests share the three stacks in file
-order; switching A's federation off comes last.
+Two runs of the same tests. Monolith (SQLite, one Synapse process): three stacks; A and B
+allow each other; C allows A, but A does not allow C. Workers (PostgreSQL, workers: auto;
+matrix-synapse-py3 only): A and B alone, the tests that need C skipped, and the worker logs
+show that each stack sent through its federation sender and received through its federation
+reader. The tests share the stacks in file order; switching A's federation off comes last.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import subprocess
-import sys
+import re
 import time
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.system.stack import SELF_SIGNED_CERT, install, preseed, unit_runs
-from tests.system.testbed import Container, https_request, wait_for
+from tests.system.federation_testbed import (
+    ADDRESSES,
+    Stack,
+    arrives,
+    bodies,
+    federating_stacks,
+    log,
+    quote,
+    send,
+    sync,
+)
+from tests.system.stack import skip_unless_workers_run, unit_runs
+from tests.system.testbed import Target, wait_for
 
 pytestmark = pytest.mark.system
 
-PASSWORD = "Fed-test-S3cret"
-BRIDGE = f"mstfed{os.getpid() % 100000}"
-NETWORK = f"10.231.{os.getpid() % 200 + 20}"
-HOST_ADDRESS = f"{NETWORK}.1"
-ADDRESSES = {"a": f"{NETWORK}.11", "b": f"{NETWORK}.12", "c": f"{NETWORK}.13"}
-# A's peers: B allowed, C not. C allows A (so C's attempts reach A, which refuses them).
-PEERS = {"a": "b.example.test", "b": "a.example.test", "c": "a.example.test"}
-CA_IN_CONTAINER = "/usr/local/share/ca-certificates/matrix-stack-test-ca.crt"
-TLS_DIR = "/etc/ssl/matrix-stack-test"
-SYNAPSE_LOG = "/var/log/matrix-synapse/homeserver.log"
 NEGATIVE_WAIT = 8.0
 
 
-def log(message: str) -> None:
-    print(f"[federation test] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Stack:
-    """One booted stack on the bridge, and how the host reaches it as a client would."""
-
-    letter: str
-    container: Container
-    cafile: Path
-
-    @property
-    def name(self) -> str:
-        return f"{self.letter}.example.test"
-
-    @property
-    def address(self) -> str:
-        return ADDRESSES[self.letter]
-
-    def admin(self, *args: str, input: str | None = None, check: bool = True) -> Any:
-        return self.container.run(["matrix-stack-admin", *args], input=input, check=check)
-
-    def api(self, method: str, path: str, body: Any = None, token: str | None = None,
-            port: int = 443) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = https_request(method, self.address, port, path, server_name=self.name,
-                                 cafile=self.cafile, headers=headers, body=body, timeout=30)
-        try:
-            return response.status, response.json()
-        except ValueError:
-            return response.status, response.text
-
-    def login(self, user: str) -> str:
-        status, body = self.api("POST", "/_matrix/client/v3/login", {
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": user}, "password": PASSWORD,
-        })
-        assert status == 200, body
-        return str(body["access_token"])
-
-    def synapse_log(self) -> str:
-        return self.container.read_file(SYNAPSE_LOG)
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def make_pki(directory: Path) -> Path:
-    """Make a test CA and a certificate for A and for B (each also naming its Element)."""
-    ca_key, ca = directory / "ca.key", directory / "ca.crt"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(ca_key), "-out", str(ca), "-days", "3",
-            "-subj", "/CN=matrix-stack federation test CA",
-            # Python 3.13 verifies strictly (VERIFY_X509_STRICT), as real CAs require.
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    for letter in ("a", "b"):
-        name = f"{letter}.example.test"
-        (directory / f"{letter}.ext").write_text(
-            f"subjectAltName=DNS:{name},DNS:element.{name}\n"
-            "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-            "keyUsage=critical,digitalSignature\n"
-            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", str(directory / f"{letter}.key"), "-out",
-                str(directory / f"{letter}.csr"), "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", str(directory / f"{letter}.csr"), "-CA", str(ca),
-                "-CAkey", str(ca_key), "-CAcreateserial", "-days", "3",
-                "-out", str(directory / f"{letter}.crt"), "-extfile",
-                str(directory / f"{letter}.ext"))
-    return ca
-
-
-def share_apt_cache(source: Container, target: Container) -> None:
-    """Give target the package lists and .debs source downloaded (saves a download)."""
-    for directory, suffix in (("/var/lib/apt/lists", ""), ("/var/cache/apt/archives", ".deb")):
-        for entry in source.path(directory).iterdir():
-            # A file: source's index is a link into the root (/srv/...): copied as a link.
-            wanted = entry.is_symlink() or entry.is_file()
-            if wanted and entry.name != "lock" and entry.name.endswith(suffix):
-                shutil.copy2(entry, target.path(directory) / entry.name, follow_symlinks=False)
-
-
-def install_stack(letter: str, container: Container, pki: Path, deb: Path) -> None:
-    """First boot, on the host's network: trust the test CA, preseed, install, power off."""
-    name = f"{letter}.example.test"
-    container.copy_in(pki / "ca.crt", CA_IN_CONTAINER)
-    answers = {
-        "server-name": name,
-        "turn-enable": "false",
-        "federation": "allow-list",
-        "federation-domains": PEERS[letter],
-        # No Element download during the install (there is no network on the bridge).
-        "element-source": "file:///srv/no-element/",
-    }
-    if letter in ("a", "b"):
-        container.copy_in(pki / f"{letter}.crt", f"{TLS_DIR}/{letter}.crt")
-        container.copy_in(pki / f"{letter}.key", f"{TLS_DIR}/{letter}.key", mode=0o600)
-        answers.update({"tls": "files", "tls-cert": f"{TLS_DIR}/{letter}.crt",
-                        "tls-key": f"{TLS_DIR}/{letter}.key"})
-    started = time.monotonic()
-    container.boot()
-    container.run(["update-ca-certificates"])
-    preseed(container, answers)
-    install(container, deb)
-    # TURN is off in these stacks, but coturn stays enabled; on the bridge it would wait a
-    # minute at boot for the address it was configured with on the host's network.
-    container.run(["systemctl", "disable", "--now", "coturn"])
-    container.poweroff()
-    log(f"{name} installed in {time.monotonic() - started:.0f} s")
-
-
-def boot_on_bridge(letter: str, container: Container) -> None:
-    """Second boot, on the bridge: static address, hosts, the test range whitelisted."""
-    hosts = container.read_file("/etc/hosts")
-    for other, address in ADDRESSES.items():
-        if other != letter:
-            hosts += f"{address}\t{other}.example.test element.{other}.example.test\n"
-    # A name whose address serves another name's certificate (B's): a wrong certificate.
-    hosts += f"{ADDRESSES['b']}\twrong.example.test\n"
-    container.write_file("/etc/hosts", hosts)
-    # Tests only: Synapse refuses private ranges by default (ip_range_blacklist).
-    container.write_file(
-        "/etc/matrix-synapse/conf.d/90-test-only.yaml",
-        f"ip_range_whitelist: [{NETWORK}.0/24]\nbcrypt_rounds: 4\n",
-    )
-    container.network_bridge = BRIDGE
-    container.boot()
-    container.run(["ip", "addr", "add", f"{ADDRESSES[letter]}/24", "dev", "host0"])
-    container.run(["ip", "link", "set", "host0", "up"])
-    container.run(["ip", "route", "add", "default", "via", HOST_ADDRESS])
-    # No DNS server on the test network: fail SRV lookups at once rather than time out.
-    container.run(["sh", "-c", "echo nameserver 127.0.0.1 > /etc/resolv.conf"])
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
-
-
-def remove_stale_bridges() -> None:
-    """Delete test bridges that a killed run left behind (those with no container attached)."""
-    for line in ip("-o", "link", "show", "type", "bridge").stdout.splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith("mstfed") and not ip("-o", "link", "show", "master", name).stdout:
-            ip("link", "del", name, check=False)
-
-
-@contextlib.contextmanager
-def bridge() -> Iterator[None]:
-    """A host bridge with an address on the test range, deleted even when a test fails."""
-    remove_stale_bridges()
-    ip("link", "add", BRIDGE, "type", "bridge")
-    try:
-        ip("addr", "add", f"{HOST_ADDRESS}/24", "dev", BRIDGE)
-        ip("link", "set", BRIDGE, "up")
-        yield
-    finally:
-        ip("link", "del", BRIDGE, check=False)
-
-
-@pytest.fixture(scope="module")
-def stacks(base_tarball: Path, deb_path: Path,
+@pytest.fixture(scope="module", params=["monolith", "workers"])
+def stacks(request: pytest.FixtureRequest, target: Target, base_tarball: Path, deb_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
-    started = time.monotonic()
-    pki = tmp_path_factory.mktemp("federation-pki")
-    ca = make_pki(pki)
-    containers: dict[str, Container] = {}
-    try:
-        with bridge():
-            previous: Container | None = None
-            for letter in ("a", "b", "c"):
-                container = Container(base_tarball, name=f"fed-{letter}",
-                                      hostname=f"{letter}.example.test")
-                containers[letter] = container
-                if previous is not None:
-                    share_apt_cache(previous, container)
-                install_stack(letter, container, pki, deb_path)
-                previous = container
-            for letter, container in containers.items():
-                moment = time.monotonic()
-                boot_on_bridge(letter, container)
-                log(f"{letter}.example.test booted on the bridge in "
-                    f"{time.monotonic() - moment:.0f} s")
-            result = {}
-            for letter, container in containers.items():
-                cafile = ca if letter != "c" else container.path(SELF_SIGNED_CERT)
-                result[letter] = Stack(letter, container, cafile)
-            moment = time.monotonic()
-            for one in result.values():
+    workers = request.param == "workers"
+    if workers:
+        skip_unless_workers_run(target)
+    letters = ("a", "b") if workers else ("a", "b", "c")
+    with federating_stacks(letters, base_tarball, deb_path,
+                           tmp_path_factory.mktemp(f"federation-pki-{request.param}"),
+                           workers=workers) as made:
+        yield made
 
-                def answers(one: Stack = one) -> bool:
-                    return bool(one.api("GET", "/_matrix/client/versions")[0] == 200)
 
-                wait_for(answers, timeout=120, what=f"{one.name} to answer on the bridge")
-            log(f"Synapse answered on the bridge after {time.monotonic() - moment:.0f} s more")
-            moment = time.monotonic()
-            for letter, user in (("a", "alice"), ("a", "alice/ops"), ("b", "bob"), ("c", "carol")):
-                result[letter].admin("user", "add", user, "--password-file", "-",
-                                     input=PASSWORD)
-            log(f"four users made in {time.monotonic() - moment:.0f} s")
-            log(f"three stacks up in {time.monotonic() - started:.0f} s")
-            yield result
-    finally:
-        for container in containers.values():
-            with contextlib.suppress(Exception):
-                container.close()
+def stack_c(stacks: dict[str, Stack]) -> Stack:
+    """Return stack C, or skip: the workers run boots A and B only."""
+    if "c" not in stacks:
+        pytest.skip("needs stack C, which only the monolith run boots")
+    return stacks["c"]
 
 
 @pytest.fixture(scope="module")
@@ -273,41 +76,6 @@ def room(stacks: dict[str, Stack]) -> dict[str, str]:
                          "?server_name=a.example.test", {}, token=bob)
     assert status == 200, body
     return {"room_id": room_id, "alice": alice, "bob": bob}
-
-
-def quote(text: str) -> str:
-    return urllib.parse.quote(text, safe="")
-
-
-def sync(stack: Stack, token: str) -> Any:
-    status, body = stack.api("GET", "/_matrix/client/v3/sync?timeout=0", token=token)
-    assert status == 200, body
-    return body
-
-
-def send(stack: Stack, token: str, room_id: str, text: str) -> str:
-    transaction = f"t{time.monotonic_ns()}"
-    status, body = stack.api(
-        "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/{transaction}",
-        {"msgtype": "m.text", "body": text}, token=token)
-    assert status == 200, body
-    return str(body["event_id"])
-
-
-def bodies(stack: Stack, token: str, room_id: str) -> list[str]:
-    status, body = stack.api(
-        "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/messages?dir=b&limit=50", token=token)
-    assert status == 200, body
-    return [event["content"].get("body", "") for event in body["chunk"]
-            if event["type"] == "m.room.message"]
-
-
-def arrives(stack: Stack, token: str, room_id: str, text: str) -> float:
-    """Wait until text shows in the room on stack; return how long it took."""
-    started = time.monotonic()
-    wait_for(lambda: text in bodies(stack, token, room_id), timeout=60, interval=0.3,
-             what=f"{text!r} to arrive on {stack.name}")
-    return time.monotonic() - started
 
 
 def check_lines(stack: Stack, server: str) -> tuple[int, list[str]]:
@@ -351,6 +119,53 @@ def test_messages_from_a_arrive_on_b_and_back(stacks: dict[str, Stack],
     send(b, room["bob"], room["room_id"], "hello A, from B")
     delay = arrives(a, room["alice"], room["room_id"], "hello A, from B")
     log(f"B -> A message arrived in {delay:.1f} s")
+
+
+SEND_PATH = "/_matrix/federation/v1/send/"
+
+
+def matching(text: str, pattern: str) -> list[str]:
+    return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+def tail(text: str, count: int = 15) -> str:
+    return "\n".join(text.splitlines()[-count:])
+
+
+def test_each_stack_sends_through_its_federation_sender_and_receives_through_its_reader(
+    stacks: dict[str, Stack], room: dict[str, str]
+) -> None:
+    if not stacks["a"].workers:
+        pytest.skip("the monolith run has no workers")
+    # The messages of the test above went A -> B and B -> A as transactions: the sender's
+    # federation sender logs each one's answer by its id, the receiver's federation reader
+    # serves the PUT to /send/ID (Synapse's access log). Both name the same transaction.
+    for sender, receiver in ((stacks["a"], stacks["b"]), (stacks["b"], stacks["a"])):
+        sent = rf"TX \[{re.escape(receiver.name)}\] \{{(\d+)\}} got 200 response"
+        received = (rf"\{{{re.escape(sender.name)}\}} Processed request: .* 200!? "
+                    rf'"PUT {SEND_PATH}(\d+) HTTP/1\.1"')
+        deadline = time.monotonic() + 30
+        while True:
+            sender_log = sender.worker_log("federation_sender")
+            reader_log = receiver.worker_log("federation_reader")
+            both = set(re.findall(sent, sender_log)) & set(re.findall(received, reader_log))
+            if both or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert both, (
+            f"no transaction from {sender.name} to {receiver.name} in both {sender.name}'s "
+            f"federation sender's journal:\n{tail(sender_log)}\nand {receiver.name}'s "
+            f"federation reader's journal:\n{tail(reader_log)}")
+        transaction = min(both)
+        for who, text, pattern in ((f"{sender.name} federation sender", sender_log, sent),
+                                   (f"{receiver.name} federation reader", reader_log, received)):
+            line = next(line for line in matching(text, pattern) if transaction in line)
+            log(f"{who}: {line}")
+    # Nor did the main processes do either (their file: log.yaml flushes at least every 5 s).
+    time.sleep(6)
+    for one in (stacks["a"], stacks["b"]):
+        main_log = one.main_log()
+        assert not matching(main_log, rf"TX \[|{SEND_PATH}"), f"{one.name}'s main process"
 
 
 def test_encoded_slashes_reach_synapse_unchanged_on_443_and_8448(
@@ -401,7 +216,7 @@ def test_encoded_slashes_reach_synapse_unchanged_on_443_and_8448(
 
 
 def test_c_is_refused_by_a_both_ways(stacks: dict[str, Stack], room: dict[str, str]) -> None:
-    a, c = stacks["a"], stacks["c"]
+    a, c = stacks["a"], stack_c(stacks)
     status, body = a.api("POST", f"/_matrix/client/v3/rooms/{quote(room['room_id'])}/invite",
                          {"user_id": "@carol:c.example.test"}, token=room["alice"])
     assert status == 403, body
@@ -419,6 +234,7 @@ def test_federation_check_against_wrong_certificates_fails_with_clear_lines(
     stacks: dict[str, Stack],
 ) -> None:
     a = stacks["a"]
+    stack_c(stacks)
     code, lines = check_lines(a, "c.example.test")
     c = ADDRESSES["c"]
     assert code == 1

@@ -48,11 +48,18 @@ def add_commands(commands: Any) -> None:
     passwd.set_defaults(handler=run_passwd)
 
 
-def _synapse_running() -> bool:
+def _synapse_state() -> tuple[bool, bool, str]:
+    """Return whether Synapse's main process runs, whether any of its processes does (a
+    worker's caches would keep ended sessions alive), and the unit that stops and starts them
+    all: the target once workers are in the layout."""
     from matrix_stack.base.run import run
+    from matrix_stack.core.services import SYNAPSE_TARGET, worker_units
 
-    result = run(["systemctl", "is-active", "--quiet", "matrix-synapse.service"], check=False)
-    return result.returncode == 0
+    workers = worker_units()
+    units = ["matrix-synapse.service", *(f"{unit}.service" for unit in workers)]
+    states = run(["systemctl", "is-active", *units], check=False).stdout.split()
+    return (states[:1] == ["active"], "active" in states,
+            SYNAPSE_TARGET if workers else "matrix-synapse")
 
 
 def run_passwd(arguments: argparse.Namespace) -> int:
@@ -63,15 +70,20 @@ def run_passwd(arguments: argparse.Namespace) -> int:
     ensure_root()
     user = target_user(arguments.name)
     refuse_service_account(user)
-    running = _synapse_running()
-    offline = arguments.offline or not running
+    main_running, running, unit = _synapse_state()
+    offline = arguments.offline or not main_running
     if arguments.force and not arguments.offline:
         raise MatrixStackError("--force only goes with --offline")
     if offline and arguments.keep_sessions:
         raise MatrixStackError("--keep-sessions only works online: offline ends every session")
     if offline and running and not arguments.force:
+        if not arguments.offline:  # the admin API is the main process's
+            raise MatrixStackError(
+                f"Synapse's workers run without its main process: stop them too (systemctl "
+                f"stop {unit}), or start it again to change the password through Synapse"
+            )
         raise MatrixStackError(
-            "Synapse is running: stop it first (systemctl stop matrix-synapse), or drop "
+            f"Synapse is running: stop it first (systemctl stop {unit}), or drop "
             "--offline to change the password through Synapse"
         )
     if not offline:
@@ -84,11 +96,12 @@ def run_passwd(arguments: argparse.Namespace) -> int:
         return 0
     if not arguments.offline and Synapse().answers():
         raise MatrixStackError("Synapse answers although its unit is stopped; use --offline")
-    return _passwd_offline(user, arguments.password_file, running)
+    return _passwd_offline(user, arguments.password_file, running, unit=unit)
 
 
 def _passwd_offline(
-    user: Any, password_file: str | None, running: bool, root: Path | None = None
+    user: Any, password_file: str | None, running: bool, root: Path | None = None,
+    unit: str = "matrix-synapse",
 ) -> int:
     from pathlib import Path
 
@@ -106,8 +119,8 @@ def _passwd_offline(
         f"{ended.pushers} pusher(s) removed"
     )
     if running:
-        print("Synapse ran meanwhile: restart it now (systemctl restart matrix-synapse)")
+        print(f"Synapse ran meanwhile: restart it now (systemctl restart {unit})")
     else:
-        print("start Synapse again: systemctl start matrix-synapse")
+        print(f"start Synapse again: systemctl start {unit}")
     return 0
 

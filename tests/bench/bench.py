@@ -63,11 +63,17 @@ def apt_stages(stamped: str) -> list[str]:
     packages it unpacked or set up."""
     lines = [(float(seconds), text) for seconds, _, text in
              (line.partition(" ") for line in stamped.splitlines())]
-    starts = [0.0]
+    found: list[float | None] = [0.0]
+    after = 0.0
     for _name, mark in APT_STAGES[1:]:
-        starts.append(next((seconds for seconds, text in lines
-                            if text.startswith(mark) and seconds >= starts[-1]), starts[-1]))
-    starts.append(lines[-1][0])
+        found.append(next((seconds for seconds, text in lines
+                           if text.startswith(mark) and seconds >= after), None))
+        after = found[-1] if found[-1] is not None else after
+    # A stage that did not happen (no trigger to run) lasts nothing: it starts where the next
+    # one does.
+    starts = [lines[-1][0]]
+    for start in reversed(found):
+        starts.insert(0, starts[0] if start is None else start)
     unpacked = sum(text.startswith("Preparing to unpack") for _seconds, text in lines)
     counts = {1: unpacked, 2: unpacked - 1}
     return [f"{name}{f' ({counts[index]} packages)' if index in counts else ''}: "
